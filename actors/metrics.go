@@ -1,0 +1,130 @@
+package actors
+
+import (
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the per-actor series, labelled by layout and by the actor's
+// path in the layout tree (e.g. "egress/0/opencc"), never by PID or chat, so
+// their number stays fixed however many chats run.
+type Metrics struct {
+	messages   *prometheus.CounterVec
+	processing *prometheus.HistogramVec
+	restarts   *prometheus.CounterVec
+	failures   *prometheus.CounterVec
+	mailboxes  *mailboxCollector
+}
+
+// NewMetrics creates the per-actor metrics and registers them with reg; a nil
+// reg registers nothing (for tests and benchmarks).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	labels := []string{"layout", "actor"}
+	m := &Metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_actor_messages_total",
+			Help: "Messages handled by an actor.",
+		}, labels),
+		processing: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "troupe_actor_processing_seconds",
+			Help:    "Time an actor spent handling one message (a model's generation runs outside it).",
+			Buckets: []float64{1e-6, 4e-6, 16e-6, 64e-6, 256e-6, 1e-3, 4e-3, 16e-3, 64e-3, 0.25},
+		}, labels),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_actor_restarts_total",
+			Help: "Restarts of an actor by its supervisor.",
+		}, labels),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_actor_failures_total",
+			Help: "Failures (panics) of an actor.",
+		}, labels),
+		mailboxes: &mailboxCollector{
+			desc: prometheus.NewDesc("troupe_actor_mailbox_depth",
+				"User messages waiting in an actor's mailbox at scrape time.", labels, nil),
+			boxes: map[actorKey]actor.Mailbox{},
+		},
+	}
+	if reg != nil {
+		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.mailboxes)
+	}
+	return m
+}
+
+type actorKey struct{ layout, path string }
+
+// actorMetrics are one actor's series, bound once at spawn so the per-message
+// cost is two clock reads and two atomic adds.
+type actorMetrics struct {
+	key        actorKey
+	messages   prometheus.Counter
+	processing prometheus.Observer
+	restarts   prometheus.Counter
+	failures   prometheus.Counter
+}
+
+func (m *Metrics) forActor(layout, path string) *actorMetrics {
+	return &actorMetrics{
+		key:        actorKey{layout, path},
+		messages:   m.messages.WithLabelValues(layout, path),
+		processing: m.processing.WithLabelValues(layout, path),
+		restarts:   m.restarts.WithLabelValues(layout, path),
+		failures:   m.failures.WithLabelValues(layout, path),
+	}
+}
+
+// props returns the options that instrument an actor: a receive middleware
+// for messages and processing time, and a mailbox the collector can read.
+func (m *Metrics) props(am *actorMetrics) []actor.PropsOption {
+	return []actor.PropsOption{
+		actor.WithReceiverMiddleware(func(next actor.ReceiverFunc) actor.ReceiverFunc {
+			return func(c actor.ReceiverContext, env *actor.MessageEnvelope) {
+				start := time.Now()
+				next(c, env)
+				am.processing.Observe(time.Since(start).Seconds())
+				am.messages.Inc()
+			}
+		}),
+		actor.WithMailbox(func() actor.Mailbox {
+			mb := actor.Unbounded()()
+			m.mailboxes.set(am.key, mb)
+			return mb
+		}),
+	}
+}
+
+// forget drops an actor's mailbox from the collector when it is gone.
+func (m *Metrics) forget(am *actorMetrics) { m.mailboxes.remove(am.key) }
+
+// mailboxCollector reads mailbox depths at scrape time: a gauge updated on
+// every message would cost more than the messages themselves.
+type mailboxCollector struct {
+	desc  *prometheus.Desc
+	mu    sync.Mutex
+	boxes map[actorKey]actor.Mailbox
+}
+
+func (c *mailboxCollector) set(k actorKey, mb actor.Mailbox) {
+	c.mu.Lock()
+	c.boxes[k] = mb
+	c.mu.Unlock()
+}
+
+func (c *mailboxCollector) remove(k actorKey) {
+	c.mu.Lock()
+	delete(c.boxes, k)
+	c.mu.Unlock()
+}
+
+func (c *mailboxCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *mailboxCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, mb := range c.boxes {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
+			float64(mb.UserMessageCount()), k.layout, k.path)
+	}
+}

@@ -1,0 +1,203 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+	"unicode/utf8"
+
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// modelHost is the actor that hosts one Model instance. Each chat's
+// generation runs on a goroutine the host owns, so the mailbox stays free for
+// Cancel and for other chats; the goroutine reports back with a message.
+type modelHost struct {
+	model  Model
+	next   *actor.PID // first egress filter, or nil to answer the reply directly
+	logger *slog.Logger
+
+	inflight map[string]context.CancelCauseFunc
+}
+
+// generationDone tells the host a generation goroutine has finished.
+type generationDone struct{ chatID string }
+
+// modelCrashed is sent by a generation goroutine whose Model panicked: the
+// host then panics in its own Receive, so that its supervisor restarts it with
+// a fresh Model, as it would for any other failure of the actor.
+type modelCrashed struct {
+	reason any
+	stack  []byte
+}
+
+var (
+	errModelRestarted = errors.New("the model was restarted")
+	errCancelled      = errors.New("the chat was cancelled")
+)
+
+func (h *modelHost) Receive(c actor.Context) {
+	switch msg := c.Message().(type) {
+	case *ChatRequest:
+		h.start(c, msg)
+	case *Cancel:
+		if cancel, ok := h.inflight[msg.ChatId]; ok {
+			cancel(errCancelled)
+		}
+	case *generationDone:
+		if cancel, ok := h.inflight[msg.chatID]; ok {
+			cancel(nil)
+			delete(h.inflight, msg.chatID)
+		}
+	case *modelCrashed:
+		panic(fmt.Sprintf("model panicked: %v", msg.reason))
+	case *actor.Restarting, *actor.Stopping:
+		// The running generations belong to this instance; each ends with a
+		// Failure sent by its own goroutine, so its chat is still answered.
+		for id, cancel := range h.inflight {
+			cancel(errModelRestarted)
+			delete(h.inflight, id)
+		}
+	}
+}
+
+func (h *modelHost) start(c actor.Context, req *ChatRequest) {
+	if h.inflight == nil {
+		h.inflight = map[string]context.CancelCauseFunc{}
+	}
+	if _, dup := h.inflight[req.ChatId]; dup {
+		return
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	h.inflight[req.ChatId] = cancel
+	g := &generation{
+		system: c.ActorSystem(),
+		self:   c.Self(),
+		next:   h.next,
+		req:    req,
+		logger: h.logger,
+	}
+	if g.next == nil {
+		g.next = req.ReplyTo
+	}
+	go g.run(ctx, h.model)
+}
+
+// generation is one chat's run of a model, on its own goroutine. It sends the
+// chat's Begin, Chunks and exactly one End or Failure.
+type generation struct {
+	system *actor.ActorSystem
+	self   *actor.PID
+	next   *actor.PID
+	req    *ChatRequest
+	logger *slog.Logger
+	carry  []byte // an incomplete UTF-8 sequence at the end of the last emit
+}
+
+func (g *generation) run(ctx context.Context, model Model) {
+	if g.req.DeadlineUnixNano > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithDeadline(ctx, time.Unix(0, g.req.DeadlineUnixNano))
+		defer stop()
+	}
+	root := g.system.Root
+	id, replyTo := g.req.ChatId, g.req.ReplyTo
+	root.Send(g.next, &Begin{ChatId: id, ReplyTo: replyTo})
+
+	err := g.generate(ctx, model)
+	var crash *panicError
+	switch {
+	case errors.As(err, &crash):
+		g.logger.Error("model panicked", "chat", id, "panic", crash.reason)
+		root.Send(g.next, &Failure{ChatId: id, Code: Code_CODE_INTERNAL, Reason: "the model failed", ReplyTo: replyTo})
+		root.Send(g.self, &modelCrashed{reason: crash.reason, stack: crash.stack})
+	case ctx.Err() != nil:
+		root.Send(g.next, contextFailure(ctx, id, replyTo))
+	case err != nil:
+		g.logger.Warn("model failed", "chat", id, "err", err)
+		root.Send(g.next, &Failure{ChatId: id, Code: Code_CODE_INTERNAL, Reason: err.Error(), ReplyTo: replyTo})
+	default:
+		if len(g.carry) > 0 {
+			root.Send(g.next, &Chunk{ChatId: id, Text: string(utf8.RuneError), ReplyTo: replyTo})
+		}
+		root.Send(g.next, &End{ChatId: id, ReplyTo: replyTo})
+	}
+	root.Send(g.self, &generationDone{chatID: id})
+}
+
+type panicError struct {
+	reason any
+	stack  []byte
+}
+
+func (p *panicError) Error() string { return fmt.Sprintf("panic: %v", p.reason) }
+
+func (g *generation) generate(ctx context.Context, model Model) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &panicError{reason: r, stack: debug.Stack()}
+		}
+	}()
+	return model.Generate(ctx, g.req, func(text string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if text = g.valid(text); text != "" {
+			g.system.Root.Send(g.next, &Chunk{ChatId: g.req.ChatId, Text: text, ReplyTo: g.req.ReplyTo})
+		}
+		return nil
+	})
+}
+
+// valid makes a model's output valid UTF-8, as protobuf strings must be: a
+// sequence cut between two emits is joined, and invalid bytes become U+FFFD.
+func (g *generation) valid(text string) string {
+	if len(g.carry) == 0 && utf8.ValidString(text) {
+		return text
+	}
+	b := append(g.carry, text...)
+	g.carry = nil
+	// Keep back a trailing sequence that may still be completed.
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				g.carry = append([]byte(nil), b[i:]...)
+				b = b[:i]
+			}
+			break
+		}
+	}
+	return string(bytesToValidUTF8(b))
+}
+
+func bytesToValidUTF8(b []byte) []byte {
+	if utf8.Valid(b) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+8)
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		if r == utf8.RuneError && size == 1 {
+			out = utf8.AppendRune(out, utf8.RuneError)
+		} else {
+			out = append(out, b[:size]...)
+		}
+		b = b[size:]
+	}
+	return out
+}
+
+// contextFailure turns the end of a chat's context into its Failure.
+func contextFailure(ctx context.Context, id string, replyTo *actor.PID) *Failure {
+	cause := context.Cause(ctx)
+	if errors.Is(cause, context.DeadlineExceeded) {
+		return &Failure{ChatId: id, Code: Code_CODE_DEADLINE_EXCEEDED, Reason: "the chat ran past its deadline", ReplyTo: replyTo}
+	}
+	if errors.Is(cause, errModelRestarted) {
+		return &Failure{ChatId: id, Code: Code_CODE_UNAVAILABLE, Reason: "the model was restarted", ReplyTo: replyTo}
+	}
+	return &Failure{ChatId: id, Code: Code_CODE_CANCELED, Reason: "the chat was cancelled", ReplyTo: replyTo}
+}

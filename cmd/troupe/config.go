@@ -1,0 +1,168 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is every setting of a node. Each is a flag and an environment
+// variable; the flag wins. The Python original's variable names keep their
+// meaning.
+type config struct {
+	AgentEndpoint string
+	LLMName       string
+	PublicAddress string
+	BindAddress   string
+	Port          int
+	Endpoint      string
+	LayoutConfig  string
+	IgnoreAgent   bool
+	RetryCount    int
+	Debug         bool
+	ChatTimeout   time.Duration
+	DrainTimeout  time.Duration
+	AgentRefresh  time.Duration
+}
+
+// defaultPort is the port a node listens on when PORT is not set.
+const defaultPort = 8123
+
+// setting is one row of the configuration table, which is also what
+// `troupe -help` prints.
+type setting struct {
+	flag, env, usage string
+	value            flag.Value
+}
+
+func settings(c *config) []setting {
+	return []setting{
+		{"agent-endpoint", "AGENT_ENDPOINT", "the Agent's API base URL", (*stringValue)(&c.AgentEndpoint)},
+		{"llm-name", "LLM_NAME", "the LLM name (access code) the node serves and registers", (*stringValue)(&c.LLMName)},
+		{"public-address", "PUBLIC_ADDRESS", "the host the Agent and other nodes reach this node at", (*stringValue)(&c.PublicAddress)},
+		{"bind-address", "BIND_ADDRESS", "the address to listen on (default: 127.0.0.1 when the public address is loopback, else 0.0.0.0)", (*stringValue)(&c.BindAddress)},
+		{"port", "PORT", "the HTTP port; 0 picks a free one", (*intValue)(&c.Port)},
+		{"endpoint", "ENDPOINT", "the path of the chat endpoint", (*stringValue)(&c.Endpoint)},
+		{"layout", "LAYOUT_CONFIG", "the layout file (default: the built-in example layout)", (*stringValue)(&c.LayoutConfig)},
+		{"ignore-agent", "IGNORE_AGENT", "do not register with the Agent", (*boolValue)(&c.IgnoreAgent)},
+		{"retry-count", "RETRY_COUNT", "failed registration rounds before the Agent client reports failed (it keeps trying)", (*intValue)(&c.RetryCount)},
+		{"debug", "DEBUG", "log at debug level, chat content included", (*boolValue)(&c.Debug)},
+		{"chat-timeout", "CHAT_TIMEOUT", "the longest a chat may run", (*durationValue)(&c.ChatTimeout)},
+		{"drain-timeout", "DRAIN_TIMEOUT", "how long shutdown waits for chats in flight", (*durationValue)(&c.DrainTimeout)},
+		{"agent-refresh", "AGENT_REFRESH", "how often registrations with the Agent are renewed", (*durationValue)(&c.AgentRefresh)},
+	}
+}
+
+func defaultConfig() config {
+	return config{
+		AgentEndpoint: "http://localhost:9000/v1.0/",
+		LLMName:       "Unnamed_LLM",
+		PublicAddress: "localhost",
+		Port:          defaultPort,
+		Endpoint:      "/v1/completion",
+		RetryCount:    5,
+		ChatTimeout:   10 * time.Minute,
+		DrainTimeout:  30 * time.Second,
+		AgentRefresh:  15 * time.Second,
+	}
+}
+
+// parseConfig reads the environment, then the flags over it.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	c := defaultConfig()
+	fs := flag.NewFlagSet("troupe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	all := settings(&c)
+	for _, s := range all {
+		if v := getenv(s.env); v != "" {
+			if err := s.value.Set(v); err != nil {
+				return c, fmt.Errorf("%s=%q: %w", s.env, v, err)
+			}
+		}
+		fs.Var(s.value, s.flag, fmt.Sprintf("%s (env %s)", s.usage, s.env))
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q (settings are flags such as -port 8123)", fs.Arg(0))
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return c, fmt.Errorf("port %d: want 0 to 65535", c.Port)
+	}
+	if c.BindAddress == "" {
+		c.BindAddress = defaultBind(c.PublicAddress)
+	}
+	if net.ParseIP(c.BindAddress) == nil {
+		return c, fmt.Errorf("bind address %q: want an IP address", c.BindAddress)
+	}
+	if strings.TrimSpace(c.LLMName) == "" {
+		return c, fmt.Errorf("LLM name is empty")
+	}
+	return c, nil
+}
+
+// defaultBind listens where the node said it can be reached: on loopback
+// only when its public address is loopback, so that a node started with the
+// defaults is not open to the network.
+func defaultBind(public string) string {
+	if public == "localhost" {
+		return "127.0.0.1"
+	}
+	if ip := net.ParseIP(public); ip != nil && ip.IsLoopback() {
+		return public
+	}
+	return "0.0.0.0"
+}
+
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("want a whole number")
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type boolValue bool
+
+// Set accepts what the Python original's users write: 1/0, true/false,
+// yes/no, on/off.
+func (v *boolValue) Set(s string) error {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "true", "yes", "on", "t", "y":
+		*v = true
+	case "0", "false", "no", "off", "f", "n", "":
+		*v = false
+	default:
+		return fmt.Errorf("want true or false")
+	}
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d <= 0 {
+		return fmt.Errorf("want a positive duration such as 30s")
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+

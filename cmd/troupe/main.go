@@ -1,0 +1,212 @@
+// Command troupe runs a Troupe node: a layout of filter and model actors
+// behind the Agent's worker API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/troupe-llm/troupe/actors"
+	_ "github.com/troupe-llm/troupe/actors/dummy"
+	_ "github.com/troupe-llm/troupe/actors/opencc"
+	_ "github.com/troupe-llm/troupe/actors/reflect"
+	"github.com/troupe-llm/troupe/gateway"
+	"github.com/troupe-llm/troupe/layout"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, errHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "troupe:", err)
+		os.Exit(1)
+	}
+}
+
+var errHelp = errors.New("help requested")
+
+// run runs a node until ctx ends, then shuts it down gracefully: unregister
+// from the Agent, stop taking chats, finish the ones in flight (bounded),
+// stop the actors.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "version" || args[0] == "-version" || args[0] == "--version") {
+		fmt.Fprintln(stdout, "troupe", version())
+		return nil
+	}
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		return err
+	}
+	level := slog.LevelInfo
+	if cfg.Debug {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(),
+	)
+
+	file, err := layout.Load(cfg.LayoutConfig)
+	if err != nil {
+		return err
+	}
+	spec, err := layout.Compile(file, cfg.LLMName, actors.DefaultRegistry)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(layoutInfo(cfg.LLMName, file.Name))
+
+	// protoactor logs every restart and dead letter at info; ours are
+	// logged by the layout, so its own go to warn unless debugging.
+	actorLevel := slog.LevelWarn
+	if cfg.Debug {
+		actorLevel = slog.LevelDebug
+	}
+	actorLogger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: actorLevel}))
+	system := actor.NewActorSystemWithConfig(actor.Configure(
+		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLogger })))
+	defer system.Shutdown()
+
+	running, err := actors.StartPipeline(system, spec, actors.NewMetrics(reg), logger)
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(gateway.Config{
+		Endpoint:    cfg.Endpoint,
+		Layouts:     map[string]*actors.Layout{cfg.LLMName: running},
+		ChatTimeout: cfg.ChatTimeout,
+		Gatherer:    reg,
+		Registerer:  reg,
+		Logger:      logger,
+	}, system)
+	if err != nil {
+		return err
+	}
+
+	addr := net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w (set PORT to another port, or 0 for any free one)", addr, err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	publicBase := "http://" + net.JoinHostPort(cfg.PublicAddress, strconv.Itoa(port))
+	fmt.Fprintf(stdout, "troupe %s: serving %q (%s) on http://%s%s\n", version(), cfg.LLMName, file.Name, ln.Addr(), cfg.Endpoint)
+	logger.Info("node started", "llm", cfg.LLMName, "layout", file.Name, "listen", ln.Addr().String(),
+		"endpoint", publicBase+cfg.Endpoint, "capacity", running.Admission.Capacity())
+
+	var registrar *gateway.Registrar
+	agentDone := make(chan struct{})
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	if cfg.IgnoreAgent {
+		close(agentDone)
+	} else {
+		registrar, err = gw.NewRegistrar(gateway.AgentConfig{
+			URL:        cfg.AgentEndpoint,
+			Endpoints:  map[string][]string{cfg.LLMName: gw.SlotURLs(publicBase, cfg.LLMName)},
+			RetryCount: cfg.RetryCount,
+			Refresh:    cfg.AgentRefresh,
+		})
+		if err != nil {
+			stopAgent()
+			return err
+		}
+		go func() {
+			defer close(agentDone)
+			registrar.Run(agentCtx)
+		}()
+	}
+
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down", "in_flight", gw.InFlight())
+	case err := <-serveErr:
+		stopAgent()
+		return fmt.Errorf("http server: %w", err)
+	}
+
+	// Unregister first, while still serving, so that the Agent stops
+	// sending chats before the node starts refusing them.
+	stopAgent()
+	<-agentDone
+	if registrar != nil {
+		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := registrar.Unregister(uctx); err != nil {
+			logger.Warn("could not unregister from the Agent", "err", err)
+		}
+		cancel()
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	if err := gw.Drain(dctx); err != nil {
+		logger.Warn("drain timed out; chats in flight were cancelled", "timeout", cfg.DrainTimeout)
+	}
+	cancel()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("http server did not close in time", "err", err)
+	}
+	if err := running.Stop(sctx); err != nil {
+		logger.Warn("layout did not stop in time", "err", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "troupe_build_info",
+		Help: "Always 1; the labels say which Troupe and Go built this node.",
+	}, []string{"version", "goversion", "protocol"})
+	bi, _ := debug.ReadBuildInfo()
+	goVersion := ""
+	if bi != nil {
+		goVersion = bi.GoVersion
+	}
+	g.WithLabelValues(version(), goVersion, strconv.Itoa(actors.ProtocolVersion)).Set(1)
+	return g
+}
+
+func layoutInfo(name, file string) prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "troupe_layout_info",
+		Help: "Always 1; the labels name a layout and the file it came from.",
+	}, []string{"layout", "file"})
+	g.WithLabelValues(name, file).Set(1)
+	return g
+}

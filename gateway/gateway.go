@@ -1,0 +1,226 @@
+// Package gateway is Troupe's HTTP edge: the Agent's worker API (chat,
+// abort, health), the metrics endpoint, and the Agent client that registers
+// the node. It runs chats on layouts it is given; how a layout is built is
+// not its business.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/julienschmidt/httprouter"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+// Config configures a gateway. Zero values take the documented defaults.
+type Config struct {
+	// Endpoint is the path of the chat endpoint; default "/v1/completion".
+	// The gateway also serves Endpoint+"/N" for every slot N the node
+	// registers with the Agent, and Endpoint+"/abort" and
+	// Endpoint+"/N/abort".
+	Endpoint string
+	// Layouts maps each LLM name the node serves to its running layout.
+	Layouts map[string]*actors.Layout
+	// ChatTimeout bounds a chat from admission to its last byte; default
+	// 10 minutes.
+	ChatTimeout time.Duration
+	// MaxInputBytes bounds a chat request's body; default 8 MiB.
+	MaxInputBytes int64
+	// Gatherer serves /metrics; nil serves prometheus.DefaultGatherer.
+	Gatherer prometheus.Gatherer
+	// Registerer receives the gateway's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Server is the HTTP edge of one node.
+type Server struct {
+	cfg     Config
+	system  *actor.ActorSystem
+	logger  *slog.Logger
+	metrics *metrics
+	router  *httprouter.Router
+
+	chatPrefix string
+	chatSeq    atomic.Uint64
+
+	mu       sync.Mutex
+	draining bool
+	drained  chan struct{}           // closed when draining and no chat is left
+	running  map[string]*runningChat // by chat id
+}
+
+// runningChat is a chat in flight, as the gateway tracks it for abort and
+// for draining.
+type runningChat struct {
+	slot   string
+	cancel context.CancelCauseFunc
+}
+
+var (
+	errAborted  = errors.New("aborted")
+	errShutdown = errors.New("the node is shutting down")
+)
+
+// New returns a gateway serving the given layouts on system.
+func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
+	if cfg.Endpoint == "" {
+		cfg.Endpoint = "/v1/completion"
+	}
+	if !strings.HasPrefix(cfg.Endpoint, "/") || strings.HasSuffix(cfg.Endpoint, "/") {
+		return nil, fmt.Errorf("endpoint %q: want a path that starts with / and does not end with it", cfg.Endpoint)
+	}
+	if len(cfg.Layouts) == 0 {
+		return nil, errors.New("gateway: no layouts to serve")
+	}
+	if cfg.ChatTimeout <= 0 {
+		cfg.ChatTimeout = 10 * time.Minute
+	}
+	if cfg.MaxInputBytes <= 0 {
+		cfg.MaxInputBytes = 8 << 20
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.DefaultGatherer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	var prefix [4]byte
+	_, _ = rand.Read(prefix[:])
+	s := &Server{
+		cfg:        cfg,
+		system:     system,
+		logger:     cfg.Logger,
+		metrics:    newMetrics(cfg.Registerer, cfg.Layouts),
+		chatPrefix: hex.EncodeToString(prefix[:]) + "-",
+		running:    map[string]*runningChat{},
+		drained:    make(chan struct{}),
+	}
+	s.metrics.registration.WithLabelValues(stateUninitialized).Set(1)
+	r := httprouter.New()
+	r.POST(cfg.Endpoint, s.handleChat)
+	r.POST(cfg.Endpoint+"/:slot", s.handleChat)
+	// httprouter cannot hold both /abort and /:slot at one level, so the
+	// slot handler also takes "abort".
+	r.GET(cfg.Endpoint+"/:slot", s.handleSlotGet)
+	r.GET(cfg.Endpoint+"/:slot/abort", s.handleSlotAbort)
+	r.GET("/health", s.handleHealth)
+	r.HEAD("/health", s.handleHealth)
+	r.Handler(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	s.router = r
+	return s, nil
+}
+
+// Handler returns the gateway's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// SlotURLs returns the chat endpoint URLs to register with the Agent for an
+// LLM name, one per chat the layout runs at once: the Agent sends one chat
+// at a time to each URL, so this is how it learns the node's capacity.
+func (s *Server) SlotURLs(base, name string) []string {
+	l := s.cfg.Layouts[name]
+	if l == nil {
+		return nil
+	}
+	urls := make([]string, l.Admission.Capacity())
+	urls[0] = base + s.cfg.Endpoint
+	for i := 1; i < len(urls); i++ {
+		urls[i] = base + s.cfg.Endpoint + "/" + strconv.Itoa(i)
+	}
+	return urls
+}
+
+// StartDraining makes the gateway refuse new chats with 503; chats in flight
+// go on.
+func (s *Server) StartDraining() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.draining {
+		s.draining = true
+		if len(s.running) == 0 {
+			close(s.drained)
+		}
+	}
+}
+
+// Drain refuses new chats and waits for the ones in flight to finish. When
+// ctx ends first it cancels them, waits for their handlers to answer, and
+// returns ctx's error.
+func (s *Server) Drain(ctx context.Context) error {
+	s.StartDraining()
+	select {
+	case <-s.drained:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for _, c := range s.running {
+		c.cancel(errShutdown)
+	}
+	s.mu.Unlock()
+	<-s.drained
+	return ctx.Err()
+}
+
+// InFlight returns the number of chats the gateway is serving.
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.running)
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) newChatID() string {
+	return s.chatPrefix + strconv.FormatUint(s.chatSeq.Add(1), 36)
+}
+
+// track records a chat in flight; it reports false while draining.
+func (s *Server) track(id, slot string, cancel context.CancelCauseFunc) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.running[id] = &runningChat{slot: slot, cancel: cancel}
+	return true
+}
+
+func (s *Server) untrack(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.running, id)
+	if s.draining && len(s.running) == 0 {
+		close(s.drained)
+	}
+}
+
+// abortSlot cancels the chats that came in through one endpoint slot.
+func (s *Server) abortSlot(slot string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.running {
+		if c.slot == slot {
+			c.cancel(errAborted)
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,124 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+// Chat outcomes, the values of the outcome label.
+const (
+	outcomeCompleted = "completed"
+	outcomeFailed    = "failed"
+	outcomeRejected  = "rejected"
+	outcomeCancelled = "cancelled" // the client went away
+	outcomeAborted   = "aborted"   // stopped through the abort endpoint
+	outcomeTimedOut  = "timed_out"
+)
+
+// metrics are the gateway's series, built in one place against an injected
+// registerer.
+type metrics struct {
+	chats        *prometheus.CounterVec
+	badRequests  *prometheus.CounterVec
+	queueWait    *prometheus.HistogramVec
+	firstChunk   *prometheus.HistogramVec
+	chunkGap     *prometheus.HistogramVec
+	duration     *prometheus.HistogramVec
+	outputChars  *prometheus.HistogramVec
+	outputSpeed  *prometheus.HistogramVec
+	layoutLoads  *layoutCollector
+	registration *prometheus.GaugeVec
+	regAttempts  *prometheus.CounterVec
+}
+
+var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(reg prometheus.Registerer, layouts map[string]*actors.Layout) *metrics {
+	l := []string{"layout"}
+	m := &metrics{
+		chats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_chats_total",
+			Help: "Chats by layout and outcome (completed, failed, rejected, cancelled, aborted, timed_out).",
+		}, []string{"layout", "outcome"}),
+		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_chat_bad_requests_total",
+			Help: "Chat requests refused with 4xx before reaching a layout, by reason.",
+		}, []string{"reason"}),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "troupe_chat_queue_wait_seconds", Help: "Time a chat waited for a place in its layout.",
+			Buckets: latencyBuckets,
+		}, l),
+		firstChunk: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "troupe_chat_first_chunk_seconds", Help: "Time from admission to a chat's first output chunk.",
+			Buckets: latencyBuckets,
+		}, l),
+		chunkGap: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "troupe_chat_chunk_interval_seconds", Help: "Time between consecutive output chunks of a chat.",
+			Buckets: latencyBuckets,
+		}, l),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "troupe_chat_duration_seconds", Help: "Time from admission to a chat's last byte.",
+			Buckets: latencyBuckets,
+		}, l),
+		outputChars: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "troupe_chat_output_characters", Help: "Characters (runes) of a chat's answer.",
+			Buckets: prometheus.ExponentialBuckets(16, 4, 8),
+		}, l),
+		outputSpeed: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "troupe_chat_output_characters_per_second", Help: "A completed chat's output characters over its duration.",
+			Buckets: prometheus.ExponentialBuckets(10, 4, 10),
+		}, l),
+		layoutLoads: &layoutCollector{
+			layouts: layouts,
+			inFlight: prometheus.NewDesc("troupe_chats_in_flight",
+				"Chats running in a layout now.", l, nil),
+			queued: prometheus.NewDesc("troupe_chats_queued",
+				"Chats waiting for a place in a layout now.", l, nil),
+			capacity: prometheus.NewDesc("troupe_layout_capacity",
+				"Chats a layout runs at once.", l, nil),
+			healthy: prometheus.NewDesc("troupe_layout_healthy",
+				"1 when a layout takes chats, 0 while it recovers from failures.", l, nil),
+		},
+		registration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "troupe_agent_registration_state",
+			Help: "The Agent client's state: 1 for the current one of uninitialized, trying, registered, failed, unregistered.",
+		}, []string{"state"}),
+		regAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_agent_register_attempts_total",
+			Help: "Registration rounds with the Agent, by result (ok, error).",
+		}, []string{"result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.chats, m.badRequests, m.queueWait, m.firstChunk, m.chunkGap, m.duration,
+			m.outputChars, m.outputSpeed, m.layoutLoads, m.registration, m.regAttempts)
+	}
+	return m
+}
+
+// layoutCollector reads each layout's load and health at scrape time.
+type layoutCollector struct {
+	layouts                             map[string]*actors.Layout
+	inFlight, queued, capacity, healthy *prometheus.Desc
+}
+
+func (c *layoutCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.inFlight
+	ch <- c.queued
+	ch <- c.capacity
+	ch <- c.healthy
+}
+
+func (c *layoutCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, l := range c.layouts {
+		running, queued := l.Admission.Load()
+		healthy := 0.0
+		if l.Health().Healthy {
+			healthy = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(running), name)
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(queued), name)
+		ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(l.Admission.Capacity()), name)
+		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, healthy, name)
+	}
+}
