@@ -23,7 +23,7 @@ var (
 	errInputMissing   = errors.New("the chat has no input: send the history as the form field \"input\"")
 	errInputEmpty     = errors.New("the chat history is empty")
 	errLastEmpty      = errors.New("the last message of the chat is empty")
-	errRecordNoText   = errors.New("a message has neither \"msg\" nor \"content\"")
+	errRecordNoText   = errors.New("has neither \"msg\" nor \"content\"")
 	errModelfileShape = errors.New("modelfile must be a JSON list of {\"name\", \"args\"} objects")
 )
 
@@ -60,7 +60,7 @@ func parseHistory(input string) ([]*actors.Message, error) {
 				return nil, fmt.Errorf("message %d has an unknown role %q (want user, assistant or system)", i+1, r.Role)
 			}
 		default:
-			return nil, fmt.Errorf("message %d: %w", i+1, errRecordNoText)
+			return nil, fmt.Errorf("message %d %w", i+1, errRecordNoText)
 		}
 		history = append(history, m)
 	}

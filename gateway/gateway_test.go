@@ -1,0 +1,471 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/troupe-llm/troupe/actors"
+	"github.com/troupe-llm/troupe/gateway"
+)
+
+type funcModel func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error
+
+func (f funcModel) Generate(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+	return f(ctx, req, emit)
+}
+
+// gate is a model whose chats wait for the test: each chat emits its input,
+// then blocks until released (or cancelled), then emits "!".
+type gate struct {
+	started chan string
+	release chan struct{}
+	ended   chan error
+}
+
+func newGate() *gate {
+	return &gate{started: make(chan string, 64), release: make(chan struct{}), ended: make(chan error, 64)}
+}
+
+func (g *gate) Generate(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+	in := actors.LastUserMessage(req.History)
+	if err := emit(in); err != nil {
+		return err
+	}
+	g.started <- in
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		g.ended <- ctx.Err()
+		return ctx.Err()
+	}
+	g.ended <- nil
+	return emit("!")
+}
+
+type node struct {
+	t      *testing.T
+	server *gateway.Server
+	http   *httptest.Server
+	reg    *prometheus.Registry
+	layout *actors.Layout
+}
+
+func startNode(t *testing.T, spec actors.PipelineSpec) *node {
+	t.Helper()
+	system := actor.NewActorSystem()
+	t.Cleanup(system.Shutdown)
+	if spec.Name == "" {
+		spec.Name = "llm"
+	}
+	if spec.Model.Path == "" {
+		spec.Model.Path = "model/test"
+	}
+	reg := prometheus.NewRegistry()
+	l, err := actors.StartPipeline(system, spec, actors.NewMetrics(reg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gateway.New(gateway.Config{
+		Layouts:    map[string]*actors.Layout{spec.Name: l},
+		Gatherer:   reg,
+		Registerer: reg,
+	}, system)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	return &node{t: t, server: s, http: srv, reg: reg, layout: l}
+}
+
+func modelOf(m actors.Model, capacity, queue int) actors.ModelSpec {
+	return actors.ModelSpec{New: func() (actors.Model, error) { return m, nil }, Capacity: capacity, Queue: queue}
+}
+
+func form(input string) url.Values {
+	return url.Values{"input": {input}, "name": {"llm"}, "history_id": {"1"}, "user_id": {"2"}}
+}
+
+func userInput(text string) string {
+	return `[{"msg":` + quote(text) + `,"isbot":false}]`
+}
+
+func quote(s string) string {
+	return `"` + strings.NewReplacer(`"`, `\"`, `\`, `\\`).Replace(s) + `"`
+}
+
+// post starts a chat and returns the response; the body is the caller's.
+func (n *node) post(ctx context.Context, path string, v url.Values) *http.Response {
+	n.t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.http.URL+path, strings.NewReader(v.Encode()))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return resp
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func ctxFor(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// The first chunk reaches the client while the model is still generating.
+func TestChatStreamsChunksAsTheyCome(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 4, 4)})
+	resp := n.post(ctxFor(t), "/v1/completion", form(userInput("hello")))
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Fatalf("status %d, content type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	r := bufio.NewReader(resp.Body)
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(r, first); err != nil || string(first) != "hello" {
+		t.Fatalf("first chunk %q, %v", first, err)
+	}
+	close(g.release) // only now may the model finish
+	rest, _ := io.ReadAll(r)
+	resp.Body.Close()
+	if string(rest) != "!" {
+		t.Fatalf("rest %q", rest)
+	}
+	if got := testutil.ToFloat64(counter(t, n.reg, "troupe_chats_total", "outcome", "completed")); got != 1 {
+		t.Fatalf("completed chats %v", got)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(newGate(), 2, 0)})
+	ctx := ctxFor(t)
+	tests := []struct {
+		name   string
+		path   string
+		values url.Values
+		status int
+		body   string
+	}{
+		{"no input", "/v1/completion", url.Values{"name": {"llm"}}, 400, "The chat has no input"},
+		{"malformed", "/v1/completion", form("[{"), 400, "not a JSON list"},
+		{"empty history", "/v1/completion", form("[]"), 400, "The chat history is empty."},
+		{"empty last", "/v1/completion", form(userInput(" ")), 400, "The last message of the chat is empty."},
+		{"bad modelfile", "/v1/completion", url.Values{"input": {userInput("x")}, "modelfile": {"{"}}, 400, "Modelfile must be"},
+		{"slot past capacity", "/v1/completion/2", form(userInput("x")), 404, ""},
+		{"slot not a number", "/v1/completion/x", form(userInput("x")), 404, ""},
+		{"too large", "/v1/completion", form(strings.Repeat("x", 9<<20)), 413, "too long"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := n.post(ctx, tt.path, tt.values)
+			body := readAll(t, resp)
+			if resp.StatusCode != tt.status || !strings.Contains(body, tt.body) {
+				t.Fatalf("got %d %q, want %d containing %q", resp.StatusCode, body, tt.status, tt.body)
+			}
+			if len(body) > 200 {
+				t.Fatalf("error body is not short: %d bytes", len(body))
+			}
+		})
+	}
+}
+
+func TestMultipartForm(t *testing.T) {
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(funcModel(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
+		return emit(actors.LastUserMessage(req.History))
+	}), 2, 0)})
+	pr, pw := io.Pipe()
+	mw := newMultipart(pw, map[string]string{"input": userInput("multi"), "name": "llm"})
+	req, _ := http.NewRequestWithContext(ctxFor(t), http.MethodPost, n.http.URL+"/v1/completion", pr)
+	req.Header.Set("Content-Type", mw)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 200 || body != "multi" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+// Past capacity and queue, chats are refused at once with 429.
+func TestOverloadIsRejected(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 1, 1)})
+	ctx := ctxFor(t)
+	var wg sync.WaitGroup
+	bodies := make(chan string, 2)
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bodies <- readAll(t, n.post(ctx, "/v1/completion", form(userInput("a"))))
+		}()
+		if i == 0 {
+			<-g.started
+		}
+	}
+	waitFor(t, func() bool { _, q := n.layout.Admission.Load(); return q == 1 }, "second chat queued")
+	resp := n.post(ctx, "/v1/completion", form(userInput("b")))
+	if body := readAll(t, resp); resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "Too many chats") {
+		t.Fatalf("got %d %q, want 429", resp.StatusCode, body)
+	}
+	close(g.release)
+	wg.Wait()
+	close(bodies)
+	for b := range bodies {
+		if b != "a!" {
+			t.Fatalf("queued chat answered %q", b)
+		}
+	}
+}
+
+// GET {endpoint}/abort stops the chat of that endpoint slot and no other.
+func TestAbortStopsTheSlotsChat(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 4, 0)})
+	ctx := ctxFor(t)
+	base := n.post(ctx, "/v1/completion", form(userInput("base")))
+	<-g.started
+	slot := n.post(ctx, "/v1/completion/3", form(userInput("slot")))
+	<-g.started
+
+	get := func(path string) string {
+		resp, err := http.Get(n.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return readAll(t, resp)
+	}
+	if got := get("/v1/completion/3/abort"); !strings.Contains(got, `"msg":"Aborted."`) {
+		t.Fatalf("abort answered %q", got)
+	}
+	if err := <-g.ended; !errors.Is(err, context.Canceled) {
+		t.Fatalf("aborted model ended with %v", err)
+	}
+	if body := readAll(t, slot); body != "slot" {
+		t.Fatalf("aborted chat body %q", body)
+	}
+	if got := get("/v1/completion/abort"); !strings.Contains(got, "Aborted.") {
+		t.Fatalf("abort answered %q", got)
+	}
+	if body := readAll(t, base); body != "base" {
+		t.Fatalf("aborted chat body %q", body)
+	}
+	if got := get("/v1/completion/abort"); !strings.Contains(got, "No chat to abort.") {
+		t.Fatalf("abort with nothing running answered %q", got)
+	}
+}
+
+// A client that goes away cancels its chat down to the model.
+func TestClientDisconnectCancelsModel(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 4, 0)})
+	ctx, cancel := context.WithCancel(ctxFor(t))
+	resp := n.post(ctx, "/v1/completion", form(userInput("x")))
+	<-g.started
+	cancel()
+	resp.Body.Close()
+	select {
+	case err := <-g.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("model ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("model was not cancelled")
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(counter(t, n.reg, "troupe_chats_total", "outcome", "cancelled")) == 1
+	}, "cancelled chat counted")
+}
+
+// Draining lets chats in flight finish and refuses new ones with 503.
+func TestDrainFinishesChatsInFlight(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 4, 0)})
+	ctx := ctxFor(t)
+	inflight := n.post(ctx, "/v1/completion", form(userInput("x")))
+	<-g.started
+	drained := make(chan error, 1)
+	go func() { drained <- n.server.Drain(ctx) }()
+	waitFor(t, func() bool {
+		resp := n.post(ctx, "/v1/completion", form(userInput("y")))
+		body := readAll(t, resp)
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, "shutting down")
+	}, "new chats refused while draining")
+	select {
+	case err := <-drained:
+		t.Fatalf("drain returned %v with a chat in flight", err)
+	default:
+	}
+	close(g.release)
+	if body := readAll(t, inflight); body != "x!" {
+		t.Fatalf("in-flight chat answered %q", body)
+	}
+	if err := <-drained; err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+}
+
+// When the drain deadline passes, chats still running are cancelled and
+// their clients get a short error rather than a hang.
+func TestDrainDeadlineCancelsChats(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 4, 0)})
+	resp := n.post(ctxFor(t), "/v1/completion", form(userInput("x")))
+	<-g.started
+	dctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := n.server.Drain(dctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("drain: %v", err)
+	}
+	if body := readAll(t, resp); !strings.Contains(body, "shutting down") {
+		t.Fatalf("cancelled chat answered %q", body)
+	}
+}
+
+// A chat whose layout dies under it (an egress filter past its restart
+// budget) ends with an error, even though the actors that held it are gone.
+func TestChatFailsWhenLayoutDies(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{
+		Model: modelOf(funcModel(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+			if actors.LastUserMessage(req.History) == "boom" {
+				return emit("boom")
+			}
+			return g.Generate(ctx, req, emit)
+		}), 8, 0),
+		Egress: []actors.FilterSpec{{Path: "egress/0/bomb", New: func() (actors.Filter, error) { return bomb{}, nil }}},
+		Supervision: actors.Supervision{InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
+			MaxRestarts: 1, Cooldown: time.Hour},
+	})
+	ctx := ctxFor(t)
+	victim := n.post(ctx, "/v1/completion", form(userInput("x")))
+	<-g.started
+	for i := 0; i < 2; i++ {
+		readAll(t, n.post(ctx, "/v1/completion", form(userInput("boom"))))
+	}
+	body := readAll(t, victim)
+	if !strings.Contains(body, "the layout failed") {
+		t.Fatalf("victim chat answered %q", body)
+	}
+	resp := n.post(ctx, "/v1/completion", form(userInput("x")))
+	if body := readAll(t, resp); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "unavailable") {
+		t.Fatalf("chat on the dead layout: %d %q", resp.StatusCode, body)
+	}
+}
+
+type bomb struct{}
+
+func (bomb) MapHistory(h []*actors.Message) ([]*actors.Message, error) { return h, nil }
+func (bomb) NewStream() actors.Stream                                   { return bombStream{} }
+
+type bombStream struct{}
+
+func (bombStream) Write(s string) string {
+	if s == "boom" {
+		panic("bomb filter")
+	}
+	return s
+}
+func (bombStream) Flush() string { return "" }
+
+func TestHealthAndMetrics(t *testing.T) {
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(newGate(), 2, 0)})
+	resp, err := http.Get(n.http.URL + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("health: %d", resp.StatusCode)
+	}
+	resp, err = http.Get(n.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	for _, want := range []string{
+		`troupe_layout_capacity{layout="llm"} 2`,
+		`troupe_layout_healthy{layout="llm"} 1`,
+		`troupe_chats_in_flight{layout="llm"} 0`,
+		`troupe_actor_mailbox_depth{actor="model/test",layout="llm"} 0`,
+		`troupe_agent_registration_state{state="uninitialized"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+func TestSlotURLs(t *testing.T) {
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(newGate(), 3, 0)})
+	got := strings.Join(n.server.SlotURLs("http://w:1", "llm"), " ")
+	want := "http://w:1/v1/completion http://w:1/v1/completion/1 http://w:1/v1/completion/2"
+	if got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) prometheus.Collector {
+	return collectorFunc(func(ch chan<- prometheus.Metric) {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == label && l.GetValue() == value {
+						ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, "", nil, nil),
+							prometheus.CounterValue, m.GetCounter().GetValue())
+					}
+				}
+			}
+		}
+	})
+}
+
+type collectorFunc func(chan<- prometheus.Metric)
+
+func (f collectorFunc) Describe(chan<- *prometheus.Desc)   {}
+func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
