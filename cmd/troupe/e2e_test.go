@@ -415,7 +415,7 @@ func TestAbortThroughAgent(t *testing.T) {
 	agent.WaitEndpoints(t, "test-llm", hasN(2), 20*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	rc, err := agent.Chat(ctx, "test-llm", "h-abort", "u1", userInput("go"), nil)
+	rc, err := agent.Chat(ctx, "test-llm", "4242", "u1", userInput("go"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +424,7 @@ func TestAbortThroughAgent(t *testing.T) {
 	if _, err := io.ReadFull(rc, first); err != nil {
 		t.Fatalf("first byte: %v", err)
 	}
-	if err := agent.Abort(ctx, "h-abort", "u1"); err != nil {
+	if err := agent.Abort(ctx, "4242", "u1"); err != nil {
 		t.Fatal(err)
 	}
 	rest, err := io.ReadAll(rc)
