@@ -1,0 +1,43 @@
+# make run   runs a node on the built-in example layout.
+# make test  installs the Debian packages the tests need (when missing),
+#            then vets and runs every test with the race detector.
+
+# opencc: the reference converter the OpenCC tests compare against.
+# manpages-zh, gettext and the catalogue packages: the real Chinese text those
+# tests build their corpus from (msgunfmt reads the catalogues).
+# prometheus: the server the metrics test scrapes a node with.
+DEBIAN_PACKAGES := opencc manpages-zh gettext prometheus
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps vet build proto bench
+
+run:
+	go run ./cmd/troupe
+
+build:
+	go build -o bin/troupe ./cmd/troupe
+
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	go vet ./...
+
+test: deps vet
+	go test -race ./...
+
+# proto regenerates actors/troupe.pb.go (needs protoc and protoc-gen-go).
+proto:
+	go generate ./actors
+
+bench:
+	go test -run '^$$' -bench . -benchmem ./...
