@@ -9,7 +9,7 @@ import (
 
 // Reply is the receiving end of one chat's answer: a lightweight process in
 // the actor system (like a future, no mailbox or goroutine of its own) that
-// queues the chat's Chunk, End and Failure messages for the goroutine that
+// queues the chat's Begin, Chunk, End and Failure messages for the goroutine that
 // serves the client. It accepts exactly one terminal message and drops
 // everything after it, which is what makes every chat answered exactly once
 // even when several actors race to fail it.
@@ -49,7 +49,7 @@ func (r *Reply) SendUserMessage(_ *actor.PID, message any) {
 	_, msg, _ := actor.UnwrapEnvelope(message)
 	terminal := false
 	switch msg.(type) {
-	case *Chunk:
+	case *Begin, *Chunk:
 	case *End, *Failure:
 		terminal = true
 	default:

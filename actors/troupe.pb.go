@@ -86,6 +86,8 @@ const (
 	Code_CODE_CANCELED          Code = 2
 	Code_CODE_DEADLINE_EXCEEDED Code = 3
 	Code_CODE_INVALID_ARGUMENT  Code = 4
+	// The node had no room for the chat; the gateway may try another.
+	Code_CODE_OVERLOADED Code = 5
 )
 
 // Enum value maps for Code.
@@ -96,6 +98,7 @@ var (
 		2: "CODE_CANCELED",
 		3: "CODE_DEADLINE_EXCEEDED",
 		4: "CODE_INVALID_ARGUMENT",
+		5: "CODE_OVERLOADED",
 	}
 	Code_value = map[string]int32{
 		"CODE_INTERNAL":          0,
@@ -103,6 +106,7 @@ var (
 		"CODE_CANCELED":          2,
 		"CODE_DEADLINE_EXCEEDED": 3,
 		"CODE_INVALID_ARGUMENT":  4,
+		"CODE_OVERLOADED":        5,
 	}
 )
 
@@ -566,6 +570,237 @@ func (x *Cancel) GetReason() string {
 	return ""
 }
 
+// NodeMeta is what a node tells the cluster about itself when it joins
+// (memberlist node metadata, at most 512 bytes): static facts only.
+type NodeMeta struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// host:port of the node's actor remote (gRPC).
+	RemoteAddress string `protobuf:"bytes,2,opt,name=remote_address,json=remoteAddress,proto3" json:"remote_address,omitempty"`
+	// Base URL of the node's HTTP gateway as the Agent reaches it, e.g.
+	// http://10.0.0.5:8123, and the path of its chat endpoint: with them a
+	// survivor unregisters a dead node's endpoints from the Agent.
+	HttpBase     string `protobuf:"bytes,3,opt,name=http_base,json=httpBase,proto3" json:"http_base,omitempty"`
+	EndpointPath string `protobuf:"bytes,4,opt,name=endpoint_path,json=endpointPath,proto3" json:"endpoint_path,omitempty"`
+	// The LLM names (layouts) the node serves.
+	Layouts       []string `protobuf:"bytes,5,rep,name=layouts,proto3" json:"layouts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeMeta) Reset() {
+	*x = NodeMeta{}
+	mi := &file_troupe_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeMeta) ProtoMessage() {}
+
+func (x *NodeMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_troupe_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeMeta.ProtoReflect.Descriptor instead.
+func (*NodeMeta) Descriptor() ([]byte, []int) {
+	return file_troupe_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NodeMeta) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *NodeMeta) GetRemoteAddress() string {
+	if x != nil {
+		return x.RemoteAddress
+	}
+	return ""
+}
+
+func (x *NodeMeta) GetHttpBase() string {
+	if x != nil {
+		return x.HttpBase
+	}
+	return ""
+}
+
+func (x *NodeMeta) GetEndpointPath() string {
+	if x != nil {
+		return x.EndpointPath
+	}
+	return ""
+}
+
+func (x *NodeMeta) GetLayouts() []string {
+	if x != nil {
+		return x.Layouts
+	}
+	return nil
+}
+
+// LayoutLoad is one layout's load on one node.
+type LayoutLoad struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Layout        string                 `protobuf:"bytes,1,opt,name=layout,proto3" json:"layout,omitempty"`
+	Capacity      uint32                 `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Running       uint32                 `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	Queued        uint32                 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`
+	QueueLimit    uint32                 `protobuf:"varint,5,opt,name=queue_limit,json=queueLimit,proto3" json:"queue_limit,omitempty"`
+	Healthy       bool                   `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayoutLoad) Reset() {
+	*x = LayoutLoad{}
+	mi := &file_troupe_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayoutLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayoutLoad) ProtoMessage() {}
+
+func (x *LayoutLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_troupe_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayoutLoad.ProtoReflect.Descriptor instead.
+func (*LayoutLoad) Descriptor() ([]byte, []int) {
+	return file_troupe_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LayoutLoad) GetLayout() string {
+	if x != nil {
+		return x.Layout
+	}
+	return ""
+}
+
+func (x *LayoutLoad) GetCapacity() uint32 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *LayoutLoad) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *LayoutLoad) GetQueued() uint32 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *LayoutLoad) GetQueueLimit() uint32 {
+	if x != nil {
+		return x.QueueLimit
+	}
+	return 0
+}
+
+func (x *LayoutLoad) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+// NodeLoad is a node's load, gossiped to the cluster as it changes.
+type NodeLoad struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Increases with every report, so an older report never overwrites a
+	// newer one.
+	Seq           uint64        `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Layouts       []*LayoutLoad `protobuf:"bytes,3,rep,name=layouts,proto3" json:"layouts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeLoad) Reset() {
+	*x = NodeLoad{}
+	mi := &file_troupe_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeLoad) ProtoMessage() {}
+
+func (x *NodeLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_troupe_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
+func (*NodeLoad) Descriptor() ([]byte, []int) {
+	return file_troupe_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *NodeLoad) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeLoad) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetLayouts() []*LayoutLoad {
+	if x != nil {
+		return x.Layouts
+	}
+	return nil
+}
+
 var File_troupe_proto protoreflect.FileDescriptor
 
 const file_troupe_proto_rawDesc = "" +
@@ -606,17 +841,37 @@ const file_troupe_proto_rawDesc = "" +
 	".actor.PIDR\areplyTo\"9\n" +
 	"\x06Cancel\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason*:\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb8\x01\n" +
+	"\bNodeMeta\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
+	"\x0eremote_address\x18\x02 \x01(\tR\rremoteAddress\x12\x1b\n" +
+	"\thttp_base\x18\x03 \x01(\tR\bhttpBase\x12#\n" +
+	"\rendpoint_path\x18\x04 \x01(\tR\fendpointPath\x12\x18\n" +
+	"\alayouts\x18\x05 \x03(\tR\alayouts\"\xad\x01\n" +
+	"\n" +
+	"LayoutLoad\x12\x16\n" +
+	"\x06layout\x18\x01 \x01(\tR\x06layout\x12\x1a\n" +
+	"\bcapacity\x18\x02 \x01(\rR\bcapacity\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\rR\arunning\x12\x16\n" +
+	"\x06queued\x18\x04 \x01(\rR\x06queued\x12\x1f\n" +
+	"\vqueue_limit\x18\x05 \x01(\rR\n" +
+	"queueLimit\x12\x18\n" +
+	"\ahealthy\x18\x06 \x01(\bR\ahealthy\"a\n" +
+	"\bNodeLoad\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12/\n" +
+	"\alayouts\x18\x03 \x03(\v2\x15.troupe.v1.LayoutLoadR\alayouts*:\n" +
 	"\x04Role\x12\r\n" +
 	"\tROLE_USER\x10\x00\x12\x12\n" +
 	"\x0eROLE_ASSISTANT\x10\x01\x12\x0f\n" +
-	"\vROLE_SYSTEM\x10\x02*y\n" +
+	"\vROLE_SYSTEM\x10\x02*\x8e\x01\n" +
 	"\x04Code\x12\x11\n" +
 	"\rCODE_INTERNAL\x10\x00\x12\x14\n" +
 	"\x10CODE_UNAVAILABLE\x10\x01\x12\x11\n" +
 	"\rCODE_CANCELED\x10\x02\x12\x1a\n" +
 	"\x16CODE_DEADLINE_EXCEEDED\x10\x03\x12\x19\n" +
-	"\x15CODE_INVALID_ARGUMENT\x10\x04B%Z#github.com/troupe-llm/troupe/actorsb\x06proto3"
+	"\x15CODE_INVALID_ARGUMENT\x10\x04\x12\x13\n" +
+	"\x0fCODE_OVERLOADED\x10\x05B%Z#github.com/troupe-llm/troupe/actorsb\x06proto3"
 
 var (
 	file_troupe_proto_rawDescOnce sync.Once
@@ -631,7 +886,7 @@ func file_troupe_proto_rawDescGZIP() []byte {
 }
 
 var file_troupe_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_troupe_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_troupe_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_troupe_proto_goTypes = []any{
 	(Role)(0),           // 0: troupe.v1.Role
 	(Code)(0),           // 1: troupe.v1.Code
@@ -642,24 +897,28 @@ var file_troupe_proto_goTypes = []any{
 	(*End)(nil),         // 6: troupe.v1.End
 	(*Failure)(nil),     // 7: troupe.v1.Failure
 	(*Cancel)(nil),      // 8: troupe.v1.Cancel
-	nil,                 // 9: troupe.v1.ChatRequest.ParamsEntry
-	(*actor.PID)(nil),   // 10: actor.PID
+	(*NodeMeta)(nil),    // 9: troupe.v1.NodeMeta
+	(*LayoutLoad)(nil),  // 10: troupe.v1.LayoutLoad
+	(*NodeLoad)(nil),    // 11: troupe.v1.NodeLoad
+	nil,                 // 12: troupe.v1.ChatRequest.ParamsEntry
+	(*actor.PID)(nil),   // 13: actor.PID
 }
 var file_troupe_proto_depIdxs = []int32{
 	0,  // 0: troupe.v1.Message.role:type_name -> troupe.v1.Role
 	2,  // 1: troupe.v1.ChatRequest.history:type_name -> troupe.v1.Message
-	9,  // 2: troupe.v1.ChatRequest.params:type_name -> troupe.v1.ChatRequest.ParamsEntry
-	10, // 3: troupe.v1.ChatRequest.reply_to:type_name -> actor.PID
-	10, // 4: troupe.v1.Begin.reply_to:type_name -> actor.PID
-	10, // 5: troupe.v1.Chunk.reply_to:type_name -> actor.PID
-	10, // 6: troupe.v1.End.reply_to:type_name -> actor.PID
+	12, // 2: troupe.v1.ChatRequest.params:type_name -> troupe.v1.ChatRequest.ParamsEntry
+	13, // 3: troupe.v1.ChatRequest.reply_to:type_name -> actor.PID
+	13, // 4: troupe.v1.Begin.reply_to:type_name -> actor.PID
+	13, // 5: troupe.v1.Chunk.reply_to:type_name -> actor.PID
+	13, // 6: troupe.v1.End.reply_to:type_name -> actor.PID
 	1,  // 7: troupe.v1.Failure.code:type_name -> troupe.v1.Code
-	10, // 8: troupe.v1.Failure.reply_to:type_name -> actor.PID
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 8: troupe.v1.Failure.reply_to:type_name -> actor.PID
+	10, // 9: troupe.v1.NodeLoad.layouts:type_name -> troupe.v1.LayoutLoad
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_troupe_proto_init() }
@@ -673,7 +932,7 @@ func file_troupe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_troupe_proto_rawDesc), len(file_troupe_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

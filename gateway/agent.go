@@ -183,8 +183,8 @@ func (r *Registrar) Unregister(ctx context.Context) error {
 		if len(endpoints) == 0 {
 			continue
 		}
-		if _, err := r.call(ctx, "worker/unregister", name, endpoints[0]); err != nil {
-			errs = append(errs, fmt.Errorf("unregister %q: %w", name, err))
+		if err := r.UnregisterEndpoint(ctx, name, endpoints[0]); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -192,6 +192,16 @@ func (r *Registrar) Unregister(ctx context.Context) error {
 	}
 	r.setState(stateUnregistered)
 	r.logger.Info("unregistered from the Agent")
+	return nil
+}
+
+// UnregisterEndpoint removes every endpoint of endpoint's host:port under
+// name. A node calls it for a member that died, because the Agent never
+// notices a dead worker by itself: it would keep sending chats there.
+func (r *Registrar) UnregisterEndpoint(ctx context.Context, name, endpoint string) error {
+	if _, err := r.call(ctx, "worker/unregister", name, endpoint); err != nil {
+		return fmt.Errorf("unregister %q at %s: %w", name, endpoint, err)
+	}
 	return nil
 }
 

@@ -35,6 +35,8 @@ type Config struct {
 	Endpoint string
 	// Layouts maps each LLM name the node serves to its running layout.
 	Layouts map[string]*actors.Layout
+	// Router chooses the node for each chat; nil runs every chat here.
+	Router Router
 	// ChatTimeout bounds a chat from admission to its last byte; default
 	// 10 minutes.
 	ChatTimeout time.Duration
@@ -98,6 +100,9 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Router == nil {
+		cfg.Router = localRouter(cfg.Layouts)
 	}
 	var prefix [4]byte
 	_, _ = rand.Read(prefix[:])

@@ -382,7 +382,7 @@ func TestChatFailsWhenLayoutDies(t *testing.T) {
 type bomb struct{}
 
 func (bomb) MapHistory(h []*actors.Message) ([]*actors.Message, error) { return h, nil }
-func (bomb) NewStream() actors.Stream                                   { return bombStream{} }
+func (bomb) NewStream() actors.Stream                                  { return bombStream{} }
 
 type bombStream struct{}
 
@@ -456,7 +456,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 
 type collectorFunc func(chan<- prometheus.Metric)
 
-func (f collectorFunc) Describe(chan<- *prometheus.Desc)   {}
+func (f collectorFunc) Describe(chan<- *prometheus.Desc)    {}
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
 
 func waitFor(t *testing.T, cond func() bool, what string) {

@@ -30,6 +30,9 @@ type metrics struct {
 	layoutLoads  *layoutCollector
 	registration *prometheus.GaugeVec
 	regAttempts  *prometheus.CounterVec
+	sent         prometheus.Counter
+	reroutes     prometheus.Counter
+	dispatch     prometheus.Histogram
 }
 
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
@@ -88,10 +91,23 @@ func newMetrics(reg prometheus.Registerer, layouts map[string]*actors.Layout) *m
 			Name: "troupe_agent_register_attempts_total",
 			Help: "Registration rounds with the Agent, by result (ok, error).",
 		}, []string{"result"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "troupe_cluster_chats_sent_total",
+			Help: "Chats this node's gateway sent to other nodes to run.",
+		}),
+		reroutes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "troupe_cluster_reroutes_total",
+			Help: "Chats tried on another node because theirs was full or went away before answering.",
+		}),
+		dispatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "troupe_cluster_dispatch_seconds",
+			Help:    "Time from sending a chat to another node until its generation began there (the hop both ways plus its queue).",
+			Buckets: latencyBuckets,
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.chats, m.badRequests, m.queueWait, m.firstChunk, m.chunkGap, m.duration,
-			m.outputChars, m.outputSpeed, m.layoutLoads, m.registration, m.regAttempts)
+			m.outputChars, m.outputSpeed, m.layoutLoads, m.registration, m.regAttempts, m.sent, m.reroutes, m.dispatch)
 	}
 	return m
 }

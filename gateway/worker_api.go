@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/troupe-llm/troupe/actors"
@@ -40,9 +41,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, ps httproute
 		s.badRequest(w, http.StatusBadRequest, "input", capitalize(err.Error())+".")
 		return
 	}
-	name := r.PostForm.Get("name")
-	layout, name := s.layoutFor(name)
-	if layout == nil {
+	name, ok := s.layoutFor(r.PostForm.Get("name"))
+	if !ok {
 		s.badRequest(w, http.StatusNotFound, "name", fmt.Sprintf("This worker does not serve an LLM named %q.", r.PostForm.Get("name")))
 		return
 	}
@@ -51,7 +51,11 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, ps httproute
 		s.badRequest(w, http.StatusBadRequest, "modelfile", capitalize(err.Error())+".")
 		return
 	}
-	s.serveChat(w, r, layout, req, slot)
+	var key string
+	if hid, uid := r.PostForm.Get("history_id"), r.PostForm.Get("user_id"); hid != "" || uid != "" {
+		key = hid + "\x00" + uid
+	}
+	s.serveChat(w, r, req, key, slot)
 }
 
 func parseForm(r *http.Request) error {
@@ -75,28 +79,35 @@ func (s *Server) validSlot(slot string) bool {
 	return false
 }
 
-// layoutFor picks the layout for an LLM name. A node with one layout serves
-// it whatever the name, as the original worker did.
-func (s *Server) layoutFor(name string) (*actors.Layout, string) {
-	if l, ok := s.cfg.Layouts[name]; ok {
-		return l, name
+// layoutFor picks the layout for an LLM name: one this node or another
+// serves. A node with one layout takes any name for it, as the original
+// worker did, because older Agents do not forward the name.
+func (s *Server) layoutFor(name string) (string, bool) {
+	if _, ok := s.cfg.Layouts[name]; ok {
+		return name, true
+	}
+	if name != "" && s.cfg.Router.Serves(name) {
+		return name, true
 	}
 	if len(s.cfg.Layouts) == 1 {
-		for n, l := range s.cfg.Layouts {
-			return l, n
+		for n := range s.cfg.Layouts {
+			return n, true
 		}
 	}
-	return nil, ""
+	return "", false
 }
 
 var (
 	errLayoutFailed = errors.New("the layout failed")
+	errNodeGone     = errors.New("the node running this chat went away")
 	errChatTimeout  = errors.New("the chat ran past its time limit")
 )
 
-// serveChat runs one chat on a layout and streams its answer. It is the
-// chat's owner: whatever happens in the actors, it answers exactly once.
-func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, layout *actors.Layout, req *actors.ChatRequest, slot string) {
+// serveChat runs one chat and streams its answer. It is the chat's owner:
+// whatever happens in the actors or to other nodes, it answers exactly once.
+// A chat that has written nothing yet is tried on another node when its node
+// is full or goes away.
+func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.ChatRequest, key, slot string) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	if !s.track(req.ChatId, slot, cancel) {
@@ -104,37 +115,82 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, layout *actor
 		return
 	}
 	defer s.untrack(req.ChatId)
-
-	queued := time.Now()
-	if err := layout.Admission.Acquire(ctx); err != nil {
-		if errors.Is(err, actors.ErrOverloaded) {
-			s.reject(w, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.")
-			return
-		}
-		s.metrics.chats.WithLabelValues(req.Layout, outcomeCancelled).Inc()
-		return
-	}
-	defer layout.Admission.Release()
 	start := time.Now()
-	s.metrics.queueWait.WithLabelValues(req.Layout).Observe(start.Sub(queued).Seconds())
-
 	deadline := start.Add(s.cfg.ChatTimeout)
 	ctx, stopDeadline := context.WithDeadlineCause(ctx, deadline, errChatTimeout)
 	defer stopDeadline()
-	stopEpochWatch := context.AfterFunc(layout.Epoch().Context(), func() { cancel(errLayoutFailed) })
-	defer stopEpochWatch()
+	req.DeadlineUnixNano = deadline.UnixNano()
+
+	out := &chatWriter{w: w, flusher: flusherOf(w), chatID: req.ChatId}
+	var tried []string
+	for {
+		target, err := s.cfg.Router.Route(req.Layout, key, tried)
+		switch {
+		case errors.Is(err, actors.ErrOverloaded):
+			s.reject(w, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.")
+			return
+		case err != nil && len(tried) > 0:
+			// Every node that could take it refused or went away.
+			s.reject(w, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.")
+			return
+		case err != nil:
+			s.reject(w, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err))
+			return
+		}
+		outcome := s.runOn(ctx, target, req, out, start)
+		if outcome == outcomeRetry {
+			tried = append(tried, target.Node)
+			s.metrics.reroutes.Inc()
+			continue
+		}
+		s.record(req, outcome, out, start)
+		return
+	}
+}
+
+// outcomeRetry is runOn's word for "nothing was written, try another node".
+const outcomeRetry = "retry"
+
+// runOn runs a chat on one target and returns its outcome.
+func (s *Server) runOn(ctx context.Context, target Target, req *actors.ChatRequest, out *chatWriter, start time.Time) string {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var dest *actor.PID
+	if l := target.Local; l != nil {
+		queued := time.Now()
+		if err := l.Admission.Acquire(ctx); err != nil {
+			if errors.Is(err, actors.ErrOverloaded) {
+				return outcomeRetry
+			}
+			return outcomeCancelled
+		}
+		defer l.Admission.Release()
+		s.metrics.queueWait.WithLabelValues(req.Layout).Observe(time.Since(queued).Seconds())
+		dest = l.Root
+		defer context.AfterFunc(l.Epoch().Context(), func() { cancel(errLayoutFailed) })()
+	} else {
+		dest = target.Remote
+		s.metrics.sent.Inc()
+		defer context.AfterFunc(target.Gone, func() { cancel(errNodeGone) })()
+	}
 
 	reply := actors.NewReply(s.system, req.ChatId)
 	defer reply.Close()
 	req.ReplyTo = reply.PID()
-	req.DeadlineUnixNano = deadline.UnixNano()
-	s.system.Root.Send(layout.Root, req)
-
-	out := &chatWriter{w: w, flusher: flusherOf(w), chatID: req.ChatId}
-	outcome := s.stream(ctx, reply, out, req.Layout, start)
+	sent := time.Now()
+	s.system.Root.Send(dest, req)
+	outcome := s.stream(ctx, reply, out, req.Layout, start, func() {
+		if target.Remote != nil {
+			s.metrics.dispatch.Observe(time.Since(sent).Seconds())
+		}
+	})
 	if outcome != outcomeCompleted && outcome != outcomeFailed {
-		s.system.Root.Send(layout.Root, &actors.Cancel{ChatId: req.ChatId, Reason: outcome})
+		s.system.Root.Send(dest, &actors.Cancel{ChatId: req.ChatId, Reason: outcome})
 	}
+	return outcome
+}
+
+func (s *Server) record(req *actors.ChatRequest, outcome string, out *chatWriter, start time.Time) {
 	s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
 	if outcome == outcomeCompleted {
 		elapsed := time.Since(start).Seconds()
@@ -149,17 +205,24 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, layout *actor
 
 // stream copies a chat's answer from its reply to the client until the
 // terminal message or the end of ctx, and returns the chat's outcome.
-func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWriter, layout string, start time.Time) string {
+// begun is called when the chat's Begin arrives.
+func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWriter, layout string, start time.Time, begun func()) string {
 	firstChunk := s.metrics.firstChunk.WithLabelValues(layout)
 	chunkGap := s.metrics.chunkGap.WithLabelValues(layout)
 	var last time.Time
 	for {
 		batch, err := reply.Receive(ctx)
 		if err != nil {
-			return out.interrupted(context.Cause(ctx))
+			cause := context.Cause(ctx)
+			if errors.Is(cause, errNodeGone) && !out.started {
+				return outcomeRetry
+			}
+			return out.interrupted(cause)
 		}
 		for _, msg := range batch {
 			switch msg := msg.(type) {
+			case *actors.Begin:
+				begun()
 			case *actors.Chunk:
 				now := time.Now()
 				if last.IsZero() {
@@ -173,6 +236,9 @@ func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWrite
 				out.start(http.StatusOK)
 				return outcomeCompleted
 			case *actors.Failure:
+				if msg.Code == actors.Code_CODE_OVERLOADED && !out.started {
+					return outcomeRetry
+				}
 				s.logger.Warn("chat failed", "chat", out.chatID, "layout", layout, "reason", msg.Reason)
 				out.fail(statusFor(msg.Code), msg.Reason)
 				return outcomeFailed
@@ -256,7 +322,7 @@ func (c *chatWriter) interrupted(cause error) string {
 	case errors.Is(cause, errChatTimeout):
 		c.fail(http.StatusGatewayTimeout, cause.Error())
 		return outcomeTimedOut
-	case errors.Is(cause, errLayoutFailed), errors.Is(cause, errShutdown):
+	case errors.Is(cause, errLayoutFailed), errors.Is(cause, errShutdown), errors.Is(cause, errNodeGone):
 		c.fail(http.StatusServiceUnavailable, cause.Error())
 		return outcomeFailed
 	default: // the client went away; nobody is left to read an answer

@@ -27,6 +27,12 @@ type config struct {
 	ChatTimeout   time.Duration
 	DrainTimeout  time.Duration
 	AgentRefresh  time.Duration
+
+	NodeName   string
+	GossipPort int
+	RemotePort int
+	Join       string
+	ClusterKey string
 }
 
 // defaultPort is the port a node listens on when PORT is not set.
@@ -54,6 +60,11 @@ func settings(c *config) []setting {
 		{"chat-timeout", "CHAT_TIMEOUT", "the longest a chat may run", (*durationValue)(&c.ChatTimeout)},
 		{"drain-timeout", "DRAIN_TIMEOUT", "how long shutdown waits for chats in flight", (*durationValue)(&c.DrainTimeout)},
 		{"agent-refresh", "AGENT_REFRESH", "how often registrations with the Agent are renewed", (*durationValue)(&c.AgentRefresh)},
+		{"node-name", "NODE_NAME", "the node's name in the cluster (default: hostname-gossipport)", (*stringValue)(&c.NodeName)},
+		{"gossip-port", "GOSSIP_PORT", "the cluster membership (memberlist) port, TCP and UDP; 0 picks a free one", (*intValue)(&c.GossipPort)},
+		{"remote-port", "REMOTE_PORT", "the port chats and chunks travel between nodes on (gRPC); 0 picks a free one", (*intValue)(&c.RemotePort)},
+		{"join", "JOIN", "comma-separated gossip addresses of members to join; a DNS name stands for all its addresses", (*stringValue)(&c.Join)},
+		{"cluster-key", "CLUSTER_KEY", "encrypts gossip: base64 of a 16, 24 or 32 byte key, or a passphrase of 12+ characters", (*stringValue)(&c.ClusterKey)},
 	}
 }
 
@@ -68,6 +79,8 @@ func defaultConfig() config {
 		ChatTimeout:   10 * time.Minute,
 		DrainTimeout:  30 * time.Second,
 		AgentRefresh:  15 * time.Second,
+		GossipPort:    7946,
+		RemotePort:    8124,
 	}
 }
 
@@ -91,8 +104,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (settings are flags such as -port 8123)", fs.Arg(0))
 	}
-	if c.Port < 0 || c.Port > 65535 {
-		return c, fmt.Errorf("port %d: want 0 to 65535", c.Port)
+	for _, p := range []struct {
+		name string
+		port int
+	}{{"port", c.Port}, {"gossip port", c.GossipPort}, {"remote port", c.RemotePort}} {
+		if p.port < 0 || p.port > 65535 {
+			return c, fmt.Errorf("%s %d: want 0 to 65535", p.name, p.port)
+		}
 	}
 	if c.BindAddress == "" {
 		c.BindAddress = defaultBind(c.PublicAddress)

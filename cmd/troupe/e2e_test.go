@@ -166,6 +166,8 @@ func nodeEnv(agent *agenttest.Agent, extra ...string) map[string]string {
 		"PUBLIC_ADDRESS": "127.0.0.1",
 		"LLM_NAME":       "test-llm",
 		"AGENT_REFRESH":  "200ms",
+		"GOSSIP_PORT":    "0",
+		"REMOTE_PORT":    "0",
 	}
 	if agent != nil {
 		env["AGENT_ENDPOINT"] = agent.URL()

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	_ "github.com/troupe-llm/troupe/actors/dummy"
 	_ "github.com/troupe-llm/troupe/actors/opencc"
 	_ "github.com/troupe-llm/troupe/actors/reflect"
+	"github.com/troupe-llm/troupe/cluster"
 	"github.com/troupe-llm/troupe/gateway"
 	"github.com/troupe-llm/troupe/layout"
 )
@@ -93,32 +95,62 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLogger })))
 	defer system.Shutdown()
 
-	running, err := actors.StartPipeline(system, spec, actors.NewMetrics(reg), logger)
+	addr := net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w (set PORT to another port, or 0 for any free one)", addr, err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	publicBase := "http://" + net.JoinHostPort(cfg.PublicAddress, strconv.Itoa(port))
+
+	key, err := cluster.ParseKey(cfg.ClusterKey)
 	if err != nil {
 		return err
 	}
+	node, err := cluster.New(cluster.Config{
+		NodeName:         cfg.NodeName,
+		BindAddress:      cfg.BindAddress,
+		AdvertiseAddress: cfg.PublicAddress,
+		GossipPort:       cfg.GossipPort,
+		RemotePort:       cfg.RemotePort,
+		Join:             splitList(cfg.Join),
+		Key:              key,
+		HTTPBase:         publicBase,
+		EndpointPath:     cfg.Endpoint,
+		Logger:           logger,
+		Registerer:       reg,
+	}, system)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	running, err := actors.StartPipeline(system, spec, actors.NewMetrics(reg), logger)
+	if err != nil {
+		node.Close()
+		return err
+	}
+	layouts := map[string]*actors.Layout{cfg.LLMName: running}
+	if err := node.Start(layouts); err != nil {
+		node.Close()
+		return fmt.Errorf("cluster: %w", err)
+	}
+
 	gw, err := gateway.New(gateway.Config{
 		Endpoint:    cfg.Endpoint,
-		Layouts:     map[string]*actors.Layout{cfg.LLMName: running},
+		Layouts:     layouts,
+		Router:      router{node},
 		ChatTimeout: cfg.ChatTimeout,
 		Gatherer:    reg,
 		Registerer:  reg,
 		Logger:      logger,
 	}, system)
 	if err != nil {
+		_ = node.Leave(time.Second)
 		return err
 	}
-
-	addr := net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.Port))
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w (set PORT to another port, or 0 for any free one)", addr, err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
 	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	publicBase := "http://" + net.JoinHostPort(cfg.PublicAddress, strconv.Itoa(port))
 	fmt.Fprintf(stdout, "troupe %s: serving %q (%s) on http://%s%s\n", version(), cfg.LLMName, file.Name, ln.Addr(), cfg.Endpoint)
 	logger.Info("node started", "llm", cfg.LLMName, "layout", file.Name, "listen", ln.Addr().String(),
 		"endpoint", publicBase+cfg.Endpoint, "capacity", running.Admission.Capacity())
@@ -143,6 +175,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			defer close(agentDone)
 			registrar.Run(agentCtx)
 		}()
+		// The Agent never notices a dead worker: it would keep sending
+		// chats there. Every survivor unregisters a dead member's
+		// endpoints; the member registers again when it comes back.
+		node.OnMemberDead(func(meta *actors.NodeMeta) {
+			ctx, cancel := context.WithTimeout(agentCtx, 10*time.Second)
+			defer cancel()
+			for _, name := range meta.GetLayouts() {
+				if err := registrar.UnregisterEndpoint(ctx, name, meta.GetHttpBase()+meta.GetEndpointPath()); err != nil {
+					logger.Warn("could not unregister a dead member from the Agent", "member_endpoint", meta.GetHttpBase(), "err", err)
+				} else {
+					logger.Info("unregistered a dead member from the Agent", "member_endpoint", meta.GetHttpBase(), "llm", name)
+				}
+			}
+		})
 	}
 
 	select {
@@ -150,6 +196,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("shutting down", "in_flight", gw.InFlight())
 	case err := <-serveErr:
 		stopAgent()
+		_ = node.Leave(time.Second)
 		return fmt.Errorf("http server: %w", err)
 	}
 
@@ -164,11 +211,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		cancel()
 	}
+	// Then stop taking chats: the cluster hears this node is full, its
+	// gateway refuses new chats, and the chats in flight (its own and
+	// those other nodes sent it) finish within the drain timeout.
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	node.Drain()
 	if err := gw.Drain(dctx); err != nil {
 		logger.Warn("drain timed out; chats in flight were cancelled", "timeout", cfg.DrainTimeout)
 	}
+	if err := node.WaitHosted(dctx); err != nil {
+		logger.Warn("drain timed out; chats from other nodes were cancelled", "timeout", cfg.DrainTimeout)
+	}
 	cancel()
+	if err := node.Leave(5 * time.Second); err != nil {
+		logger.Warn("leaving the cluster", "err", err)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -209,4 +266,24 @@ func layoutInfo(name, file string) prometheus.Collector {
 	}, []string{"layout", "file"})
 	g.WithLabelValues(name, file).Set(1)
 	return g
+}
+
+// router lets the gateway route chats through the cluster.
+type router struct{ c *cluster.Cluster }
+
+func (r router) Route(layout, key string, tried []string) (gateway.Target, error) {
+	t, err := r.c.Route(layout, key, tried)
+	return gateway.Target(t), err
+}
+
+func (r router) Serves(layout string) bool { return r.c.Serves(layout) }
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }

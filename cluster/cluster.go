@@ -1,0 +1,570 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/remote"
+	"github.com/hashicorp/memberlist"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+// ErrNoNode is returned by Route when no node serves the layout now.
+var ErrNoNode = errors.New("no node serves this LLM now")
+
+// unreachableFor is how long a peer whose remote connection dropped gets no
+// new chats, unless memberlist declares it dead (or back) first.
+const unreachableFor = 5 * time.Second
+
+// Cluster is this node's membership in the cluster.
+type Cluster struct {
+	cfg     Config
+	system  *actor.ActorSystem
+	remote  *remote.Remote
+	ml      *memberlist.Memberlist
+	queue   *memberlist.TransmitLimitedQueue
+	logger  *slog.Logger
+	metrics *metrics
+	layouts map[string]*actors.Layout // served by this node
+	meta    []byte
+	host    *host
+
+	mu        sync.RWMutex
+	members   map[string]*Member // other nodes, by name
+	dead      map[string]time.Time
+	refused   map[string]bool // nodes refused for their protocol version, logged once
+	onDown    []func(*actors.NodeMeta)
+	lastLoad  []byte
+	sinceSent int
+	seq       uint64
+	draining  bool
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Member is another node of the cluster, as this node sees it.
+type Member struct {
+	Name  string
+	Meta  *actors.NodeMeta
+	chats *actor.PID
+	gone  context.Context
+	kill  context.CancelFunc
+
+	mu          sync.Mutex
+	load        map[string]*actors.LayoutLoad
+	seq         uint64
+	sent        map[string]int // chats sent per layout since its last report
+	suspect     bool
+	unreachable time.Time // no new chats before this
+}
+
+// New prepares this node's membership: it resolves the configuration and
+// starts the actor remote on system. It must run before anything is spawned
+// on system, because every PID carries the address the remote sets.
+func New(cfg Config, system *actor.ActorSystem) (*Cluster, error) {
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		cfg:     cfg,
+		system:  system,
+		logger:  cfg.Logger.With("node", cfg.NodeName),
+		members: map[string]*Member{},
+		dead:    map[string]time.Time{},
+		refused: map[string]bool{},
+		stop:    make(chan struct{}),
+		// Reports of a restarted node must supersede its old ones.
+		seq: uint64(time.Now().UnixNano()),
+	}
+	if err := checkFree(cfg.BindAddress, cfg.RemotePort); err != nil {
+		return nil, fmt.Errorf("remote port: %w", err)
+	}
+	rcfg := remote.Configure(cfg.BindAddress, cfg.RemotePort, remote.WithAdvertisedHost(c.remoteAddress()))
+	// A dead peer's address is retried once, not five times two seconds
+	// apart, so a chat sent to it is re-routed in about two seconds.
+	rcfg.MaxRetryCount = 1
+	c.remote = remote.NewRemote(system, rcfg)
+	c.remote.Start()
+	return c, nil
+}
+
+func (c *Cluster) remoteAddress() string {
+	return net.JoinHostPort(c.cfg.AdvertiseAddress, strconv.Itoa(c.cfg.RemotePort))
+}
+
+// Start joins (or founds) the cluster serving the given local layouts: it
+// starts memberlist, the load gossip, and the host that runs chats other
+// nodes send here.
+func (c *Cluster) Start(layouts map[string]*actors.Layout) error {
+	cfg := c.cfg
+	c.layouts = layouts
+	c.metrics = newMetrics(cfg.Registerer, c)
+	names := make([]string, 0, len(layouts))
+	for name := range layouts {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	meta, err := proto.Marshal(&actors.NodeMeta{
+		ProtocolVersion: actors.ProtocolVersion,
+		RemoteAddress:   c.remoteAddress(),
+		HttpBase:        cfg.HTTPBase,
+		EndpointPath:    cfg.EndpointPath,
+		Layouts:         names,
+	})
+	if err != nil {
+		return err
+	}
+	if len(meta) > memberlist.MetaMaxSize {
+		return fmt.Errorf("node metadata is %d bytes, memberlist allows %d: use shorter LLM names or fewer per node", len(meta), memberlist.MetaMaxSize)
+	}
+	c.meta = meta
+
+	c.host = startHost(c.system, layouts, c.logger, c.metrics)
+	c.system.EventStream.Subscribe(func(evt any) {
+		if e, ok := evt.(*remote.EndpointTerminatedEvent); ok {
+			c.peerDisconnected(e.Address)
+		}
+	})
+
+	mlc := memberlist.DefaultLocalConfig()
+	mlc.Name = cfg.NodeName
+	mlc.BindAddr = cfg.BindAddress
+	mlc.BindPort = cfg.GossipPort
+	mlc.AdvertiseAddr = cfg.AdvertiseAddress
+	mlc.AdvertisePort = cfg.GossipPort
+	mlc.Delegate = (*delegate)(c)
+	mlc.Events = (*delegate)(c)
+	mlc.Alive = (*delegate)(c)
+	mlc.Merge = (*delegate)(c)
+	mlc.SecretKey = cfg.Key
+	mlc.Logger = log.New(&logWriter{c.logger}, "", 0)
+	c.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return c.numMembers() + 1 },
+		RetransmitMult: mlc.RetransmitMult,
+	}
+	ml, err := memberlist.Create(mlc)
+	if err != nil {
+		c.host.stop()
+		return fmt.Errorf("gossip on %s:%d: %w", cfg.BindAddress, cfg.GossipPort, err)
+	}
+	c.ml = ml
+	c.logger.Info("cluster node started", "gossip", c.GossipAddress(), "remote", c.remoteAddress(), "encrypted", len(cfg.Key) > 0)
+
+	c.wg.Add(2)
+	go c.joinLoop()
+	go c.loadLoop()
+	return nil
+}
+
+// Close stops the remote of a cluster that was never started.
+func (c *Cluster) Close() { c.remote.Shutdown(false) }
+
+func checkFree(ip string, port int) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	return ln.Close()
+}
+
+// Name is this node's name in the cluster.
+func (c *Cluster) Name() string { return c.cfg.NodeName }
+
+// GossipAddress is where other nodes join this one.
+func (c *Cluster) GossipAddress() string {
+	return net.JoinHostPort(c.cfg.AdvertiseAddress, strconv.Itoa(c.cfg.GossipPort))
+}
+
+// OnMemberDead registers f to be called (on its own goroutine) with the
+// metadata of every member that dies, not when one leaves gracefully.
+func (c *Cluster) OnMemberDead(f func(*actors.NodeMeta)) {
+	c.mu.Lock()
+	c.onDown = append(c.onDown, f)
+	c.mu.Unlock()
+}
+
+// joinLoop joins the seeds, and keeps trying while this node is alone: the
+// seeds may not be up yet, or may have restarted and forgotten it.
+func (c *Cluster) joinLoop() {
+	defer c.wg.Done()
+	if len(c.cfg.Join) == 0 {
+		return
+	}
+	wait := 200 * time.Millisecond
+	for {
+		if c.numMembers() == 0 {
+			seeds := resolveSeeds(c.cfg.Join, c.cfg.GossipPort)
+			seeds = slices.DeleteFunc(seeds, func(s string) bool { return s == c.GossipAddress() })
+			if len(seeds) > 0 {
+				if n, err := c.ml.Join(seeds); err != nil && n == 0 {
+					c.logger.Debug("cannot join the cluster yet", "seeds", seeds, "err", err)
+				} else {
+					c.logger.Info("joined the cluster", "contacted", n)
+					wait = 200 * time.Millisecond
+				}
+			}
+			wait = min(wait*2, 5*time.Second)
+		} else {
+			wait = time.Second
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// loadLoop gossips this node's load when it changes, at most once per
+// LoadInterval and at least every ten, and watches for suspect members.
+func (c *Cluster) loadLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.LoadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.broadcastLoad(false)
+		c.watchSuspects()
+	}
+}
+
+// Drain makes this node take no new chats: the cluster hears it has no
+// room, and chats other gateways still send it are refused as "full", so
+// they go elsewhere. Chats already running go on.
+func (c *Cluster) Drain() {
+	c.mu.Lock()
+	c.draining = true
+	c.mu.Unlock()
+	c.host.drain()
+	c.broadcastLoad(true)
+}
+
+// WaitHosted waits until the chats other nodes sent here have ended, or
+// cancels them when ctx ends first.
+func (c *Cluster) WaitHosted(ctx context.Context) error { return c.host.wait(ctx) }
+
+func (c *Cluster) localLoad() *actors.NodeLoad {
+	load := &actors.NodeLoad{Node: c.cfg.NodeName}
+	c.mu.RLock()
+	draining := c.draining
+	c.mu.RUnlock()
+	for name, l := range c.layouts {
+		if draining {
+			load.Layouts = append(load.Layouts, &actors.LayoutLoad{Layout: name})
+			continue
+		}
+		running, queued := l.Admission.Load()
+		load.Layouts = append(load.Layouts, &actors.LayoutLoad{
+			Layout:     name,
+			Capacity:   uint32(l.Admission.Capacity()),
+			Running:    uint32(running),
+			Queued:     uint32(queued),
+			QueueLimit: uint32(l.Admission.QueueLimit()),
+			Healthy:    l.Health().Healthy,
+		})
+	}
+	slices.SortFunc(load.Layouts, func(a, b *actors.LayoutLoad) int { return strings.Compare(a.Layout, b.Layout) })
+	return load
+}
+
+const msgLoad byte = 1
+
+func (c *Cluster) broadcastLoad(force bool) {
+	load := c.localLoad()
+	body, err := proto.Marshal(load)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	c.sinceSent++
+	changed := string(body) != string(c.lastLoad)
+	if !force && !changed && c.sinceSent < 10 {
+		c.mu.Unlock()
+		return
+	}
+	c.seq++
+	load.Seq = c.seq
+	c.lastLoad, c.sinceSent = body, 0
+	c.mu.Unlock()
+	msg, _ := proto.Marshal(load)
+	c.queue.QueueBroadcast(&loadBroadcast{node: c.cfg.NodeName, msg: append([]byte{msgLoad}, msg...)})
+}
+
+// watchSuspects mirrors memberlist's suspect state into the members, since
+// memberlist only notifies joins, leaves and updates.
+func (c *Cluster) watchSuspects() {
+	states := map[string]bool{}
+	for _, n := range c.ml.Members() {
+		states[n.Name] = n.State == memberlist.StateSuspect
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for name, m := range c.members {
+		m.mu.Lock()
+		if s := states[name]; s != m.suspect {
+			m.suspect = s
+			if s {
+				c.logger.Warn("member suspect: no new chats for it", "member", name)
+			}
+		}
+		m.mu.Unlock()
+	}
+}
+
+func (c *Cluster) numMembers() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.members)
+}
+
+// peerDisconnected reacts at once to a peer whose remote connection
+// dropped (a killed process): its chats in flight are told, and it gets
+// no new chats for a while, long before gossip declares it dead.
+func (c *Cluster) peerDisconnected(address string) {
+	c.host.gatewayGone(address)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, m := range c.members {
+		if m.Meta.GetRemoteAddress() != address {
+			continue
+		}
+		c.logger.Warn("lost the connection to a member", "member", name)
+		fresh := newMember(name, m.Meta)
+		fresh.unreachable = time.Now().Add(unreachableFor)
+		m.kill()
+		c.members[name] = fresh
+	}
+}
+
+func newMember(name string, meta *actors.NodeMeta) *Member {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Member{
+		Name:  name,
+		Meta:  meta,
+		chats: actor.NewPID(meta.GetRemoteAddress(), hostName),
+		gone:  ctx,
+		kill:  cancel,
+		load:  map[string]*actors.LayoutLoad{},
+		sent:  map[string]int{},
+	}
+}
+
+// Target is where a chat runs.
+type Target struct {
+	Node string
+	// Local is the layout when the chat runs on this node.
+	Local *actors.Layout
+	// Remote is the host of the chosen node otherwise.
+	Remote *actor.PID
+	// Gone ends when the chosen node is gone (never, for this node).
+	Gone context.Context
+}
+
+// Serves reports whether any node, this one included, serves layout.
+func (c *Cluster) Serves(layout string) bool {
+	if _, ok := c.layouts[layout]; ok {
+		return true
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, m := range c.members {
+		if slices.Contains(m.Meta.GetLayouts(), layout) {
+			return true
+		}
+	}
+	return false
+}
+
+// candidate is a node that could run a chat, with its load as known here.
+type candidate struct {
+	name           string
+	local          *actors.Layout
+	member         *Member
+	capacity, busy int // busy: running + queued (+ sent since its report)
+	queueLimit     int
+	rendezvous     uint64
+}
+
+func (k candidate) room() bool  { return k.busy < k.capacity }
+func (k candidate) queue() bool { return k.busy < k.capacity+k.queueLimit }
+
+// Route picks the node for a chat of layout: the node its conversation
+// (key) sticks to while that node has room; else this node if it has room;
+// else the member with the most room; when all are full, the one with the
+// shortest queue that still has space. Nodes in tried are skipped. It
+// returns actors.ErrOverloaded when every node is full, ErrNoNode when none
+// serves the layout or all are unhealthy.
+func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
+	var cands []candidate
+	c.mu.RLock()
+	draining := c.draining
+	c.mu.RUnlock()
+	if l, ok := c.layouts[layout]; ok && !draining && !slices.Contains(tried, c.cfg.NodeName) && l.Health().Healthy {
+		running, queued := l.Admission.Load()
+		cands = append(cands, candidate{name: c.cfg.NodeName, local: l, capacity: l.Admission.Capacity(),
+			busy: running + queued, queueLimit: l.Admission.QueueLimit()})
+	}
+	now := time.Now()
+	c.mu.RLock()
+	for name, m := range c.members {
+		if slices.Contains(tried, name) {
+			continue
+		}
+		m.mu.Lock()
+		load := m.load[layout]
+		if load != nil && load.Healthy && !m.suspect && now.After(m.unreachable) {
+			cands = append(cands, candidate{name: name, member: m, capacity: int(load.Capacity),
+				busy: int(load.Running+load.Queued) + m.sent[layout], queueLimit: int(load.QueueLimit)})
+		}
+		m.mu.Unlock()
+	}
+	c.mu.RUnlock()
+	if len(cands) == 0 {
+		return Target{}, ErrNoNode
+	}
+
+	var pick *candidate
+	if key != "" {
+		// A conversation sticks to its own node only, and only while that
+		// node has room; otherwise the load decides.
+		top := &cands[0]
+		for i := range cands {
+			cands[i].rendezvous = rendezvous(key, cands[i].name)
+			if cands[i].rendezvous > top.rendezvous {
+				top = &cands[i]
+			}
+		}
+		if top.room() {
+			pick = top
+		}
+	}
+	if pick == nil && cands[0].local != nil && cands[0].room() {
+		pick = &cands[0]
+	}
+	if pick == nil {
+		for i := range cands {
+			k := &cands[i]
+			if !k.queue() {
+				continue
+			}
+			if pick == nil || freeRatio(k) > freeRatio(pick) {
+				pick = k
+			}
+		}
+	}
+	if pick == nil {
+		return Target{}, actors.ErrOverloaded
+	}
+	if pick.local != nil {
+		return Target{Node: pick.name, Local: pick.local, Gone: context.Background()}, nil
+	}
+	m := pick.member
+	m.mu.Lock()
+	m.sent[layout]++
+	m.mu.Unlock()
+	return Target{Node: m.Name, Remote: m.chats, Gone: m.gone}, nil
+}
+
+func freeRatio(k *candidate) float64 {
+	return float64(k.capacity+k.queueLimit-k.busy) / float64(k.capacity+k.queueLimit)
+}
+
+// rendezvous is highest-random-weight hashing: each conversation ranks the
+// nodes the same way everywhere, and a node leaving moves only its own
+// conversations.
+func rendezvous(key, node string) uint64 {
+	h := fnv.New64a()
+	_, _ = io.WriteString(h, key)
+	_, _ = h.Write([]byte{0})
+	_, _ = io.WriteString(h, node)
+	return h.Sum64()
+}
+
+// Leave tells the cluster this node is going, waits up to timeout for the
+// message to spread, then stops gossip and the remote.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	err := c.ml.Leave(timeout)
+	c.shutdown()
+	return err
+}
+
+func (c *Cluster) shutdown() {
+	close(c.stop)
+	c.wg.Wait()
+	_ = c.ml.Shutdown()
+	c.host.stop()
+	c.remote.Shutdown(true)
+	c.mu.Lock()
+	for _, m := range c.members {
+		m.kill()
+	}
+	c.mu.Unlock()
+}
+
+// MemberInfo describes a member for status pages and tests.
+type MemberInfo struct {
+	Name    string
+	State   string // alive, suspect, unreachable
+	Layouts []*actors.LayoutLoad
+}
+
+// Members lists the other nodes this one knows, sorted by name.
+func (c *Cluster) Members() []MemberInfo {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []MemberInfo
+	now := time.Now()
+	for name, m := range c.members {
+		m.mu.Lock()
+		info := MemberInfo{Name: name, State: "alive"}
+		switch {
+		case m.suspect:
+			info.State = "suspect"
+		case now.Before(m.unreachable):
+			info.State = "unreachable"
+		}
+		for _, l := range m.load {
+			info.Layouts = append(info.Layouts, l)
+		}
+		m.mu.Unlock()
+		out = append(out, info)
+	}
+	slices.SortFunc(out, func(a, b MemberInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// logWriter sends memberlist's log lines to slog, at debug level except
+// warnings and errors.
+type logWriter struct{ logger *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	switch {
+	case strings.Contains(line, "[ERR]"):
+		w.logger.Error("memberlist: " + line)
+	case strings.Contains(line, "[WARN]"):
+		w.logger.Warn("memberlist: " + line)
+	default:
+		w.logger.Debug("memberlist: " + line)
+	}
+	return len(p), nil
+}

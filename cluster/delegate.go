@@ -1,0 +1,215 @@
+package cluster
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+// delegate is the Cluster seen through memberlist's callback interfaces.
+// memberlist calls them from its own goroutines; none may block.
+type delegate Cluster
+
+var (
+	_ memberlist.Delegate      = (*delegate)(nil)
+	_ memberlist.EventDelegate = (*delegate)(nil)
+	_ memberlist.AliveDelegate = (*delegate)(nil)
+	_ memberlist.MergeDelegate = (*delegate)(nil)
+)
+
+func (d *delegate) c() *Cluster { return (*Cluster)(d) }
+
+// NodeMeta implements memberlist.Delegate.
+func (d *delegate) NodeMeta(limit int) []byte { return d.meta }
+
+// NotifyMsg implements memberlist.Delegate: a load report from a member.
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) < 1 || b[0] != msgLoad {
+		return
+	}
+	var load actors.NodeLoad
+	if proto.Unmarshal(b[1:], &load) != nil {
+		return
+	}
+	d.c().applyLoad(&load)
+}
+
+// GetBroadcasts implements memberlist.Delegate.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.queue.GetBroadcasts(overhead, limit)
+}
+
+// LocalState implements memberlist.Delegate: the push/pull exchange carries
+// this node's load, so a node that joins knows everyone's at once.
+func (d *delegate) LocalState(join bool) []byte {
+	load := d.c().localLoad()
+	d.mu.RLock()
+	load.Seq = d.seq
+	d.mu.RUnlock()
+	b, _ := proto.Marshal(load)
+	return b
+}
+
+// MergeRemoteState implements memberlist.Delegate.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	var load actors.NodeLoad
+	if proto.Unmarshal(buf, &load) == nil {
+		d.c().applyLoad(&load)
+	}
+}
+
+// NotifyAlive implements memberlist.AliveDelegate: a node speaking another
+// version of the message protocol never becomes a peer, because a message
+// type it does not know would crash it (or us).
+func (d *delegate) NotifyAlive(peer *memberlist.Node) error {
+	return d.c().admit(peer)
+}
+
+// NotifyMerge implements memberlist.MergeDelegate: the same check when two
+// clusters merge on join.
+func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
+	for _, p := range peers {
+		if err := d.c().admit(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NotifyJoin implements memberlist.EventDelegate.
+func (d *delegate) NotifyJoin(n *memberlist.Node) {
+	c := d.c()
+	if n.Name == c.cfg.NodeName {
+		return
+	}
+	meta, err := decodeMeta(n)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	if old, ok := c.members[n.Name]; ok {
+		old.kill()
+	}
+	c.members[n.Name] = newMember(n.Name, meta)
+	delete(c.dead, n.Name)
+	c.mu.Unlock()
+	c.logger.Info("member joined", "member", n.Name, "layouts", meta.GetLayouts())
+	// Tell the newcomer our load now rather than at the next change.
+	c.broadcastLoad(true)
+}
+
+// NotifyLeave implements memberlist.EventDelegate: a member left
+// gracefully or was declared dead.
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	c := d.c()
+	c.mu.Lock()
+	m, ok := c.members[n.Name]
+	if !ok {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.members, n.Name)
+	died := n.State == memberlist.StateDead
+	if died {
+		c.dead[n.Name] = time.Now()
+	}
+	handlers := append([]func(*actors.NodeMeta){}, c.onDown...)
+	c.mu.Unlock()
+	m.kill()
+	c.host.gatewayGone(m.Meta.GetRemoteAddress())
+	if died {
+		c.logger.Warn("member died", "member", n.Name)
+		for _, f := range handlers {
+			go f(m.Meta)
+		}
+	} else {
+		c.logger.Info("member left", "member", n.Name)
+	}
+}
+
+// NotifyUpdate implements memberlist.EventDelegate.
+func (d *delegate) NotifyUpdate(n *memberlist.Node) {
+	c := d.c()
+	meta, err := decodeMeta(n)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	if m, ok := c.members[n.Name]; ok {
+		m.Meta = meta
+	}
+	c.mu.Unlock()
+}
+
+func (c *Cluster) admit(peer *memberlist.Node) error {
+	if peer.Name == c.cfg.NodeName {
+		return nil
+	}
+	meta, err := decodeMeta(peer)
+	if err == nil && meta.GetProtocolVersion() == actors.ProtocolVersion {
+		return nil
+	}
+	if err == nil {
+		err = fmt.Errorf("node %s speaks message protocol v%d, this node v%d: run the same Troupe version on every node",
+			peer.Name, meta.GetProtocolVersion(), actors.ProtocolVersion)
+	}
+	c.mu.Lock()
+	logged := c.refused[peer.Name]
+	c.refused[peer.Name] = true
+	c.mu.Unlock()
+	if !logged {
+		c.logger.Error("refusing a node", "member", peer.Name, "addr", peer.Address(), "err", err)
+	}
+	return err
+}
+
+func decodeMeta(n *memberlist.Node) (*actors.NodeMeta, error) {
+	var meta actors.NodeMeta
+	if len(n.Meta) == 0 {
+		return nil, fmt.Errorf("node %s has no Troupe metadata: not a Troupe node", n.Name)
+	}
+	if err := proto.Unmarshal(n.Meta, &meta); err != nil {
+		return nil, fmt.Errorf("node %s: unreadable metadata: %w", n.Name, err)
+	}
+	return &meta, nil
+}
+
+// applyLoad records a member's load report unless a newer one is known.
+func (c *Cluster) applyLoad(load *actors.NodeLoad) {
+	c.mu.RLock()
+	m, ok := c.members[load.GetNode()]
+	c.mu.RUnlock()
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if load.GetSeq() <= m.seq {
+		return
+	}
+	m.seq = load.GetSeq()
+	clear(m.load)
+	for _, l := range load.GetLayouts() {
+		m.load[l.GetLayout()] = l
+	}
+	clear(m.sent)
+}
+
+// loadBroadcast is one node's load report in memberlist's broadcast queue;
+// a newer report replaces an older one that has not gone out yet.
+type loadBroadcast struct {
+	node string
+	msg  []byte
+}
+
+func (b *loadBroadcast) Invalidates(other memberlist.Broadcast) bool {
+	o, ok := other.(*loadBroadcast)
+	return ok && o.node == b.node
+}
+func (b *loadBroadcast) Name() string    { return "load/" + b.node }
+func (b *loadBroadcast) Message() []byte { return b.msg }
+func (b *loadBroadcast) Finished()       {}

@@ -1,0 +1,243 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+// hostName is the name of the actor on every node that takes chats from
+// other nodes' gateways.
+const hostName = "troupe/chats"
+
+// host runs chats that other nodes' gateways send to this node. For each it
+// takes a place in the local layout's admission (so local and remote chats
+// share one bound), relays the answer back, and releases the place when the
+// chat ends; it cancels the chats of a gateway node that goes away.
+type host struct {
+	system  *actor.ActorSystem
+	layouts map[string]*actors.Layout
+	logger  *slog.Logger
+	metrics *metrics
+	pid     *actor.PID
+
+	mu       sync.Mutex
+	chats    map[string]*hostedChat // by chat id
+	draining bool
+	idle     chan struct{} // closed when draining and no chat is left
+}
+
+type hostedChat struct {
+	req    *actors.ChatRequest
+	layout *actors.Layout
+	cancel context.CancelCauseFunc
+}
+
+var errGatewayGone = errors.New("the gateway node went away")
+
+func startHost(system *actor.ActorSystem, layouts map[string]*actors.Layout, logger *slog.Logger, m *metrics) *host {
+	h := &host{system: system, layouts: layouts, logger: logger, metrics: m, chats: map[string]*hostedChat{}, idle: make(chan struct{})}
+	pid, err := system.Root.SpawnNamed(actor.PropsFromFunc(h.receive), hostName)
+	if err != nil {
+		panic("cluster: spawning the chat host: " + err.Error())
+	}
+	h.pid = pid
+	return h
+}
+
+// receive is the host actor. It only books chats in and out; waiting for
+// admission happens on each chat's goroutine, so a full layout never blocks
+// the host's mailbox.
+func (h *host) receive(c actor.Context) {
+	switch msg := c.Message().(type) {
+	case *actors.ChatRequest:
+		h.start(msg)
+	case *actors.Cancel:
+		h.mu.Lock()
+		hc := h.chats[msg.ChatId]
+		h.mu.Unlock()
+		if hc != nil {
+			hc.cancel(errors.New(msg.Reason))
+		}
+	}
+}
+
+func (h *host) start(req *actors.ChatRequest) {
+	h.metrics.received.Inc()
+	l := h.layouts[req.Layout]
+	if l == nil {
+		h.system.Root.Send(req.ReplyTo, &actors.Failure{ChatId: req.ChatId, Code: actors.Code_CODE_UNAVAILABLE,
+			Reason: "this node does not serve " + req.Layout, ReplyTo: req.ReplyTo})
+		return
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	hc := &hostedChat{req: req, layout: l, cancel: cancel}
+	h.mu.Lock()
+	if h.draining {
+		h.mu.Unlock()
+		cancel(nil)
+		h.system.Root.Send(req.ReplyTo, &actors.Failure{ChatId: req.ChatId, Code: actors.Code_CODE_OVERLOADED,
+			Reason: "this node is shutting down", ReplyTo: req.ReplyTo})
+		return
+	}
+	if _, dup := h.chats[req.ChatId]; dup {
+		h.mu.Unlock()
+		cancel(nil)
+		return
+	}
+	h.chats[req.ChatId] = hc
+	h.mu.Unlock()
+	go h.run(ctx, hc)
+}
+
+// run is one hosted chat's owner on this node.
+func (h *host) run(ctx context.Context, hc *hostedChat) {
+	defer func() {
+		h.mu.Lock()
+		delete(h.chats, hc.req.ChatId)
+		if h.draining && len(h.chats) == 0 {
+			close(h.idle)
+		}
+		h.mu.Unlock()
+		hc.cancel(nil)
+	}()
+	req, gateway := hc.req, hc.req.ReplyTo
+	if err := hc.layout.Admission.Acquire(ctx); err != nil {
+		code, reason := actors.Code_CODE_CANCELED, "the chat was cancelled"
+		if errors.Is(err, actors.ErrOverloaded) {
+			code, reason = actors.Code_CODE_OVERLOADED, "this node is full"
+		}
+		h.system.Root.Send(gateway, &actors.Failure{ChatId: req.ChatId, Code: code, Reason: reason, ReplyTo: gateway})
+		return
+	}
+	defer hc.layout.Admission.Release()
+
+	// The relay is the chat's reply address on this node: it forwards the
+	// answer to the gateway and tells us when it ended.
+	relay := newRelay(h.system, req.ChatId, gateway)
+	defer relay.close()
+	req.ReplyTo = relay.pid
+	stopWatch := context.AfterFunc(hc.layout.Epoch().Context(), func() {
+		relay.fail(actors.Code_CODE_UNAVAILABLE, "the layout failed")
+	})
+	defer stopWatch()
+	h.system.Root.Send(hc.layout.Root, req)
+	select {
+	case <-relay.done:
+	case <-ctx.Done():
+		h.system.Root.Send(hc.layout.Root, &actors.Cancel{ChatId: req.ChatId, Reason: context.Cause(ctx).Error()})
+		// The layout answers a cancelled chat promptly; the relay passes
+		// that on unless the gateway is gone.
+		select {
+		case <-relay.done:
+		case <-hc.layout.Epoch().Context().Done():
+		}
+	}
+}
+
+// gatewayGone cancels the chats whose gateway is at a remote address that
+// went away: nobody is left to read their answers.
+func (h *host) gatewayGone(address string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, hc := range h.chats {
+		if hc.req.ReplyTo.GetAddress() == address {
+			hc.cancel(errGatewayGone)
+		}
+	}
+}
+
+// drain refuses new chats from now on.
+func (h *host) drain() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.draining {
+		h.draining = true
+		if len(h.chats) == 0 {
+			close(h.idle)
+		}
+	}
+}
+
+// wait drains and waits for the hosted chats to end; when ctx ends first it
+// cancels them and waits for their goroutines.
+func (h *host) wait(ctx context.Context) error {
+	h.drain()
+	select {
+	case <-h.idle:
+		return nil
+	case <-ctx.Done():
+	}
+	h.mu.Lock()
+	for _, hc := range h.chats {
+		hc.cancel(errors.New("this node is shutting down"))
+	}
+	h.mu.Unlock()
+	<-h.idle
+	return ctx.Err()
+}
+
+// stop cancels every hosted chat, waits for their goroutines, and stops the
+// host actor.
+func (h *host) stop() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = h.wait(ctx)
+	h.system.Root.Stop(h.pid)
+}
+
+// relay forwards one hosted chat's answer to its gateway and closes done at
+// the chat's terminal message. Like actors.Reply it is a bare process, so a
+// chunk costs one function call on this node.
+type relay struct {
+	system  *actor.ActorSystem
+	chatID  string
+	pid     *actor.PID
+	gateway *actor.PID
+	once    sync.Once
+	done    chan struct{}
+}
+
+func newRelay(system *actor.ActorSystem, chatID string, gateway *actor.PID) *relay {
+	r := &relay{system: system, chatID: chatID, gateway: gateway, done: make(chan struct{})}
+	r.pid, _ = system.ProcessRegistry.Add(r, "relay$"+chatID+"$"+system.ProcessRegistry.NextId())
+	return r
+}
+
+func (r *relay) SendUserMessage(_ *actor.PID, message any) {
+	_, msg, _ := actor.UnwrapEnvelope(message)
+	select {
+	case <-r.done:
+		return
+	default:
+	}
+	switch m := msg.(type) {
+	case *actors.Begin:
+		m.ReplyTo = r.gateway
+	case *actors.Chunk:
+		m.ReplyTo = r.gateway
+	case *actors.End:
+		m.ReplyTo = r.gateway
+		defer r.finish()
+	case *actors.Failure:
+		m.ReplyTo = r.gateway
+		defer r.finish()
+	default:
+		return
+	}
+	r.system.Root.Send(r.gateway, msg)
+}
+
+func (r *relay) fail(code actors.Code, reason string) {
+	r.SendUserMessage(r.pid, &actors.Failure{ChatId: r.chatID, Code: code, Reason: reason})
+}
+
+func (r *relay) finish()                           { r.once.Do(func() { close(r.done) }) }
+func (r *relay) SendSystemMessage(*actor.PID, any) {}
+func (r *relay) Stop(*actor.PID)                   { r.finish() }
+func (r *relay) close()                            { r.system.ProcessRegistry.Remove(r.pid) }

@@ -1,0 +1,52 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+// Router chooses the node that runs a chat. The cluster implements it; a
+// node on its own uses localRouter.
+type Router interface {
+	// Route picks a node for a chat of layout; key names its conversation
+	// ("" when unknown); tried lists nodes that already refused it. It
+	// returns actors.ErrOverloaded when every node is full.
+	Route(layout, key string, tried []string) (Target, error)
+	// Serves reports whether any node serves layout.
+	Serves(layout string) bool
+}
+
+// Target is where a chat runs: a local layout, or the chat host of another
+// node with a context that ends when that node is gone.
+type Target struct {
+	Node   string
+	Local  *actors.Layout
+	Remote *actor.PID
+	Gone   context.Context
+}
+
+// errNoNode is what a Router returns when no node serves a layout now.
+var errNoNode = errors.New("no node serves it")
+
+// localRouter runs every chat on this node.
+type localRouter map[string]*actors.Layout
+
+func (r localRouter) Route(layout, _ string, tried []string) (Target, error) {
+	l, ok := r[layout]
+	if !ok || len(tried) > 0 {
+		return Target{}, errNoNode
+	}
+	if h := l.Health(); !h.Healthy {
+		return Target{}, errors.New(h.Reason)
+	}
+	return Target{Node: "local", Local: l, Gone: context.Background()}, nil
+}
+
+func (r localRouter) Serves(layout string) bool {
+	_, ok := r[layout]
+	return ok
+}
