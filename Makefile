@@ -3,10 +3,13 @@
 #            then vets and runs every test with the race detector.
 
 # opencc: the reference converter the OpenCC tests compare against.
-# manpages-zh, gettext and the catalogue packages: the real Chinese text those
-# tests build their corpus from (msgunfmt reads the catalogues).
+# manpages-zh, gettext and the packages with zh_CN/zh_TW catalogues (git,
+# iso-codes, libc-l10n, libglib2.0-data, wget): the real Chinese text those
+# tests build their corpus from (msgunfmt reads the catalogues); listed so
+# the corpus is the same on every machine.
 # prometheus: the server the metrics test scrapes a node with.
-DEBIAN_PACKAGES := opencc manpages-zh gettext prometheus
+# util-linux: taskset, which pins the load benchmark's processes to cores.
+DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -2,11 +2,6 @@ package actors
 
 import "github.com/asynkron/protoactor-go/actor"
 
-// ProtocolVersion is the version of the message set in troupe.proto. Nodes
-// refuse peers that speak another one, because an unknown protobuf type
-// crashes the receiving node.
-const ProtocolVersion = 1
-
 // ChatMessage is what every message about one chat has: its id and the
 // address that receives its answer. The supervisor uses it to fail the chat
 // whose message an actor dropped by panicking.

@@ -744,8 +744,12 @@ type NodeLoad struct {
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// Increases with every report, so an older report never overwrites a
 	// newer one.
-	Seq           uint64        `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
-	Layouts       []*LayoutLoad `protobuf:"bytes,3,rep,name=layouts,proto3" json:"layouts,omitempty"`
+	Seq     uint64        `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Layouts []*LayoutLoad `protobuf:"bytes,3,rep,name=layouts,proto3" json:"layouts,omitempty"`
+	// The node is shutting down: it takes no new chats, has unregistered from
+	// the Agent, and will leave. A member that disappears without having
+	// said so died.
+	Draining      bool `protobuf:"varint,4,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -799,6 +803,13 @@ func (x *NodeLoad) GetLayouts() []*LayoutLoad {
 		return x.Layouts
 	}
 	return nil
+}
+
+func (x *NodeLoad) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 var File_troupe_proto protoreflect.FileDescriptor
@@ -856,11 +867,12 @@ const file_troupe_proto_rawDesc = "" +
 	"\x06queued\x18\x04 \x01(\rR\x06queued\x12\x1f\n" +
 	"\vqueue_limit\x18\x05 \x01(\rR\n" +
 	"queueLimit\x12\x18\n" +
-	"\ahealthy\x18\x06 \x01(\bR\ahealthy\"a\n" +
+	"\ahealthy\x18\x06 \x01(\bR\ahealthy\"}\n" +
 	"\bNodeLoad\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12/\n" +
-	"\alayouts\x18\x03 \x03(\v2\x15.troupe.v1.LayoutLoadR\alayouts*:\n" +
+	"\alayouts\x18\x03 \x03(\v2\x15.troupe.v1.LayoutLoadR\alayouts\x12\x1a\n" +
+	"\bdraining\x18\x04 \x01(\bR\bdraining*:\n" +
 	"\x04Role\x12\r\n" +
 	"\tROLE_USER\x10\x00\x12\x12\n" +
 	"\x0eROLE_ASSISTANT\x10\x01\x12\x0f\n" +

@@ -70,6 +70,7 @@ type Member struct {
 	seq         uint64
 	sent        map[string]int // chats sent per layout since its last report
 	suspect     bool
+	draining    bool      // it said it is shutting down
 	unreachable time.Time // no new chats before this
 }
 
@@ -205,22 +206,20 @@ func (c *Cluster) joinLoop() {
 	if len(c.cfg.Join) == 0 {
 		return
 	}
-	wait := 200 * time.Millisecond
+	wait, failures := 200*time.Millisecond, 0
 	for {
-		if c.numMembers() == 0 {
-			seeds := resolveSeeds(c.cfg.Join, c.cfg.GossipPort)
-			seeds = slices.DeleteFunc(seeds, func(s string) bool { return s == c.GossipAddress() })
-			if len(seeds) > 0 {
-				if n, err := c.ml.Join(seeds); err != nil && n == 0 {
-					c.logger.Debug("cannot join the cluster yet", "seeds", seeds, "err", err)
-				} else {
-					c.logger.Info("joined the cluster", "contacted", n)
-					wait = 200 * time.Millisecond
-				}
+		if c.numMembers() > 0 {
+			wait = time.Second
+		} else if err := c.tryJoin(); err != nil {
+			// Seeds that start later are normal: say so now and then, not
+			// at every try.
+			if failures%10 == 0 {
+				c.logger.Warn("cannot join the cluster yet; still trying", "join", c.cfg.Join, "err", err)
 			}
+			failures++
 			wait = min(wait*2, 5*time.Second)
 		} else {
-			wait = time.Second
+			failures, wait = 0, time.Second
 		}
 		select {
 		case <-c.stop:
@@ -228,6 +227,20 @@ func (c *Cluster) joinLoop() {
 		case <-time.After(wait):
 		}
 	}
+}
+
+func (c *Cluster) tryJoin() error {
+	seeds := resolveSeeds(c.cfg.Join, c.cfg.GossipPort)
+	seeds = slices.DeleteFunc(seeds, func(s string) bool { return s == c.GossipAddress() })
+	if len(seeds) == 0 {
+		return errors.New("no seed address resolves")
+	}
+	n, err := c.ml.Join(seeds)
+	if n == 0 {
+		return err
+	}
+	c.logger.Info("joined the cluster", "contacted", n)
+	return nil
 }
 
 // loadLoop gossips this node's load when it changes, at most once per
@@ -267,6 +280,7 @@ func (c *Cluster) localLoad() *actors.NodeLoad {
 	c.mu.RLock()
 	draining := c.draining
 	c.mu.RUnlock()
+	load.Draining = draining
 	for name, l := range c.layouts {
 		if draining {
 			load.Layouts = append(load.Layouts, &actors.LayoutLoad{Layout: name})
@@ -350,6 +364,9 @@ func (c *Cluster) peerDisconnected(address string) {
 		c.logger.Warn("lost the connection to a member", "member", name)
 		fresh := newMember(name, m.Meta)
 		fresh.unreachable = time.Now().Add(unreachableFor)
+		m.mu.Lock()
+		fresh.draining = m.draining
+		m.mu.Unlock()
 		m.kill()
 		c.members[name] = fresh
 	}
@@ -410,9 +427,11 @@ func (k candidate) queue() bool { return k.busy < k.capacity+k.queueLimit }
 // Route picks the node for a chat of layout: the node its conversation
 // (key) sticks to while that node has room; else this node if it has room;
 // else the member with the most room; when all are full, the one with the
-// shortest queue that still has space. Nodes in tried are skipped. It
-// returns actors.ErrOverloaded when every node is full, ErrNoNode when none
-// serves the layout or all are unhealthy.
+// shortest queue that still has space, and when even the queues look full,
+// the least loaded member, whose own admission has the last word. Nodes in
+// tried are skipped. It returns actors.ErrOverloaded when this node is full
+// and every member has been tried, ErrNoNode when none serves the layout or
+// all are unhealthy.
 func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 	var cands []candidate
 	c.mu.RLock()
@@ -472,6 +491,22 @@ func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 		}
 	}
 	if pick == nil {
+		// Members' loads are up to a report old and this node counts its
+		// own chats to them until the next report, so they look fuller
+		// than they are. Before refusing, let the least loaded member's
+		// own admission decide; one that refuses goes to tried.
+		for i := range cands {
+			if k := &cands[i]; k.member != nil && (pick == nil || freeRatio(k) > freeRatio(pick)) {
+				pick = k
+			}
+		}
+	}
+	if pick == nil {
+		if c.logger.Enabled(context.Background(), slog.LevelDebug) {
+			for _, k := range cands {
+				c.logger.Debug("no room", "layout", layout, "candidate", k.name, "busy", k.busy, "capacity", k.capacity, "queue", k.queueLimit)
+			}
+		}
 		return Target{}, actors.ErrOverloaded
 	}
 	if pick.local != nil {

@@ -43,7 +43,7 @@ type Config struct {
 	// Use ParseKey for a user's CLUSTER_KEY.
 	Key []byte
 	// LoadInterval is how often a node's load is gossiped when it changed
-	// (and every 10 intervals when it did not); default 200ms.
+	// (and every 10 intervals when it did not); default 100ms.
 	LoadInterval time.Duration
 	// HTTPBase and EndpointPath say where the node's chat endpoint is, so
 	// that a surviving node can unregister a dead one from the Agent.
@@ -113,7 +113,7 @@ func (c *Config) withDefaults() error {
 		c.NodeName = host + "-" + strconv.Itoa(c.GossipPort)
 	}
 	if c.LoadInterval <= 0 {
-		c.LoadInterval = 200 * time.Millisecond
+		c.LoadInterval = 100 * time.Millisecond
 	}
 	if n := len(c.Key); n != 0 && n != 16 && n != 24 && n != 32 {
 		return fmt.Errorf("%w: %d bytes, want 16, 24 or 32", ErrBadKey, n)

@@ -113,7 +113,11 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 		return
 	}
 	delete(c.members, n.Name)
-	died := n.State == memberlist.StateDead
+	// memberlist does not say whether a node left or died (Node.State is
+	// not set here); a node that leaves gracefully has told us first.
+	m.mu.Lock()
+	died := !m.draining
+	m.mu.Unlock()
 	if died {
 		c.dead[n.Name] = time.Now()
 	}
@@ -192,6 +196,7 @@ func (c *Cluster) applyLoad(load *actors.NodeLoad) {
 		return
 	}
 	m.seq = load.GetSeq()
+	m.draining = load.GetDraining()
 	clear(m.load)
 	for _, l := range load.GetLayouts() {
 		m.load[l.GetLayout()] = l

@@ -177,6 +177,7 @@ func (s *Server) runOn(ctx context.Context, target Target, req *actors.ChatReque
 	reply := actors.NewReply(s.system, req.ChatId)
 	defer reply.Close()
 	req.ReplyTo = reply.PID()
+	out.node = target.Node
 	sent := time.Now()
 	s.system.Root.Send(dest, req)
 	outcome := s.stream(ctx, reply, out, req.Layout, start, func() {
@@ -268,6 +269,7 @@ type chatWriter struct {
 	w       http.ResponseWriter
 	flusher http.Flusher
 	chatID  string
+	node    string // the node that runs the chat, for the X-Troupe-Node header
 	started bool
 	runes   int
 }
@@ -288,6 +290,9 @@ func (c *chatWriter) start(status int) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Accel-Buffering", "no")
 	h.Set("X-Chat-Id", c.chatID)
+	if c.node != "" {
+		h.Set("X-Troupe-Node", c.node)
+	}
 	c.w.WriteHeader(status)
 }
 
