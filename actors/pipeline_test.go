@@ -467,7 +467,7 @@ func metricFor(h *harness, name, path string) prometheus.Collector {
 
 type collectorFunc func(chan<- prometheus.Metric)
 
-func (f collectorFunc) Describe(chan<- *prometheus.Desc)   {}
+func (f collectorFunc) Describe(chan<- *prometheus.Desc)    {}
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
 
 // waitFor polls cond until it holds or the timeout passes.

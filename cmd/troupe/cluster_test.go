@@ -334,4 +334,3 @@ func TestClusterNodeComesBack(t *testing.T) {
 		t.Fatalf("after coming back: problems %v, by node %v", r.problems, r.byNode)
 	}
 }
-
