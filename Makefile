@@ -9,7 +9,8 @@
 # the corpus is the same on every machine.
 # prometheus: the server the metrics test scrapes a node with.
 # util-linux: taskset, which pins the load benchmark's processes to cores.
-DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux
+# iproute2: ss, which the listening-address test reads sockets with.
+DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

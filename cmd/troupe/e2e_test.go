@@ -437,3 +437,34 @@ func TestAbortThroughAgent(t *testing.T) {
 		t.Fatalf("the aborted chat ran to its end (%d characters)", n)
 	}
 }
+
+// A node listens only on the address it was given: HTTP, gossip (TCP and
+// UDP) and the remote all bind BIND_ADDRESS.
+func TestListensOnlyOnBindAddress(t *testing.T) {
+	ss, err := exec.LookPath("ss")
+	if err != nil {
+		t.Fatal("this test needs ss: install the Debian package \"iproute2\"")
+	}
+	p := startProcess(t, nodeEnv(nil, "BIND_ADDRESS", "127.0.0.1"))
+	out, err := exec.Command(ss, "-H", "-l", "-n", "-t", "-u", "-p").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := fmt.Sprintf("pid=%d,", p.cmd.Process.Pid)
+	var sockets []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.Contains(line, pid) {
+			continue
+		}
+		fields := strings.Fields(line)
+		local := fields[4]
+		sockets = append(sockets, fields[0]+" "+local)
+		if !strings.HasPrefix(local, "127.0.0.1:") {
+			t.Errorf("listening on %s %s, want only 127.0.0.1", fields[0], local)
+		}
+	}
+	// HTTP, remote, gossip TCP and gossip UDP.
+	if len(sockets) < 4 {
+		t.Fatalf("found only %v for the node", sockets)
+	}
+}
