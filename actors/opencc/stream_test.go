@@ -9,19 +9,16 @@ import (
 	"unicode/utf8"
 )
 
-// sample is real Chinese text (zh_CN gettext messages), shared by the
-// project's tests.
-const samplePath = "../../../shared/testdata/zh-sample.txt"
+// samplePath is real Chinese text (zh_CN gettext messages).
+const samplePath = "testdata/zh-sample.txt"
 
 func readSample(t testing.TB) string {
 	t.Helper()
-	for _, p := range []string{samplePath, "/work/shared/testdata/zh-sample.txt"} {
-		if b, err := os.ReadFile(p); err == nil {
-			return string(b)
-		}
+	b, err := os.ReadFile(samplePath)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("missing %s", samplePath)
-	return ""
+	return string(b)
 }
 
 // runeChunks cuts s into chunks of 1 to maxRunes runes.
