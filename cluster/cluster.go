@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/eventstream"
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/hashicorp/memberlist"
 	"google.golang.org/protobuf/proto"
@@ -42,6 +43,7 @@ type Cluster struct {
 	layouts map[string]*actors.Layout // served by this node
 	meta    []byte
 	host    *host
+	events  *eventstream.Subscription
 
 	mu        sync.RWMutex
 	members   map[string]*Member // other nodes, by name
@@ -136,7 +138,7 @@ func (c *Cluster) Start(layouts map[string]*actors.Layout) error {
 	c.meta = meta
 
 	c.host = startHost(c.system, layouts, c.logger, c.metrics)
-	c.system.EventStream.Subscribe(func(evt any) {
+	c.events = c.system.EventStream.Subscribe(func(evt any) {
 		if e, ok := evt.(*remote.EndpointTerminatedEvent); ok {
 			c.peerDisconnected(e.Address)
 		}
@@ -546,6 +548,7 @@ func (c *Cluster) shutdown() {
 	close(c.stop)
 	c.wg.Wait()
 	_ = c.ml.Shutdown()
+	c.system.EventStream.Unsubscribe(c.events)
 	c.host.stop()
 	c.remote.Shutdown(true)
 	c.mu.Lock()
