@@ -468,3 +468,16 @@ func TestListensOnlyOnBindAddress(t *testing.T) {
 		t.Fatalf("found only %v for the node", sockets)
 	}
 }
+
+// Older Agents forward only input (and modelfile) to the worker, not the
+// LLM name: a node with one layout serves it all the same.
+func TestOlderAgentForwardsOnlyInput(t *testing.T) {
+	agent := agenttest.StartConfig(t, agenttest.Config{LegacyForward: true})
+	startProcess(t, nodeEnv(agent, "LAYOUT_CONFIG", writeTemp(t, "version: 1\nllm:\n  class: reflect\n  concurrency: 2\n")))
+	agent.WaitEndpoints(t, "test-llm", hasN(2), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if got := chat(ctx, t, agent, "7", userInput("legacy")); got != "legacy" {
+		t.Fatalf("answered %q", got)
+	}
+}
