@@ -31,6 +31,18 @@ var ErrNoNode = errors.New("no node serves this LLM now")
 // new chats, unless memberlist declares it dead (or back) first.
 const unreachableFor = 5 * time.Second
 
+// suspectAfter is how long a member may stay silent before it gets no new
+// chats: every node reports its load at least once a second, so this is
+// two and a half missed reports, well before memberlist declares it dead.
+// (memberlist does not expose its own suspect state: Node.State is never
+// set on what Members returns.)
+const suspectAfter = 2500 * time.Millisecond
+
+// reconnectFor is how long after a member died this node keeps trying to
+// join it again, so that both sides of a healed partition find each other
+// even when neither is alone.
+const reconnectFor = 5 * time.Minute
+
 // Cluster is this node's membership in the cluster.
 type Cluster struct {
 	cfg     Config
@@ -47,7 +59,7 @@ type Cluster struct {
 
 	mu        sync.RWMutex
 	members   map[string]*Member // other nodes, by name
-	dead      map[string]time.Time
+	dead      map[string]deadMember
 	refused   map[string]bool // nodes refused for their protocol version, logged once
 	onDown    []func(*actors.NodeMeta)
 	lastLoad  []byte
@@ -57,6 +69,12 @@ type Cluster struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+}
+
+// deadMember is a member that died: when, and where to reach it again.
+type deadMember struct {
+	at   time.Time
+	addr string
 }
 
 // Member is another node of the cluster, as this node sees it.
@@ -71,9 +89,10 @@ type Member struct {
 	load        map[string]*actors.LayoutLoad
 	seq         uint64
 	sent        map[string]int // chats sent per layout since its last report
-	suspect     bool
-	draining    bool      // it said it is shutting down
-	unreachable time.Time // no new chats before this
+	suspect     bool           // silent for longer than suspectAfter
+	heard       time.Time      // its last load report
+	draining    bool           // it said it is shutting down
+	unreachable time.Time      // no new chats before this
 }
 
 // New prepares this node's membership: it resolves the configuration and
@@ -88,7 +107,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Cluster, error) {
 		system:  system,
 		logger:  cfg.Logger.With("node", cfg.NodeName),
 		members: map[string]*Member{},
-		dead:    map[string]time.Time{},
+		dead:    map[string]deadMember{},
 		refused: map[string]bool{},
 		stop:    make(chan struct{}),
 		// Reports of a restarted node must supersede its old ones.
@@ -155,6 +174,11 @@ func (c *Cluster) Start(layouts map[string]*actors.Layout) error {
 	mlc.Alive = (*delegate)(c)
 	mlc.Merge = (*delegate)(c)
 	mlc.SecretKey = cfg.Key
+	// The local preset sends each broadcast twice per log10(nodes);
+	// with 4-9 nodes, news of a node joining then sometimes misses a
+	// member until the next full sync 15 s later, and load reports reach
+	// too few peers.
+	mlc.RetransmitMult = 4
 	mlc.Logger = log.New(&logWriter{c.logger}, "", 0)
 	c.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return c.numMembers() + 1 },
@@ -201,33 +225,74 @@ func (c *Cluster) OnMemberDead(f func(*actors.NodeMeta)) {
 	c.mu.Unlock()
 }
 
-// joinLoop joins the seeds, and keeps trying while this node is alone: the
-// seeds may not be up yet, or may have restarted and forgotten it.
+// joinLoop joins the seeds, and keeps trying while no member is alive: the
+// seeds may not be up yet, may have restarted and forgotten this node, or a
+// partition may have cut it off. It also tries to join members that died
+// recently, so that both sides of a healed partition find each other again.
 func (c *Cluster) joinLoop() {
 	defer c.wg.Done()
-	if len(c.cfg.Join) == 0 {
-		return
-	}
 	wait, failures := 200*time.Millisecond, 0
 	for {
-		if c.numMembers() > 0 {
-			wait = time.Second
-		} else if err := c.tryJoin(); err != nil {
-			// Seeds that start later are normal: say so now and then, not
-			// at every try.
-			if failures%10 == 0 {
-				c.logger.Warn("cannot join the cluster yet; still trying", "join", c.cfg.Join, "err", err)
+		if len(c.cfg.Join) > 0 && !c.anyAlive() {
+			if err := c.tryJoin(); err != nil {
+				// Seeds that start later are normal: say so now and then,
+				// not at every try.
+				if failures%10 == 0 {
+					c.logger.Warn("cannot join the cluster yet; still trying", "join", c.cfg.Join, "err", err)
+				}
+				failures++
+				wait = min(wait*2, 5*time.Second)
+			} else {
+				failures, wait = 0, time.Second
 			}
-			failures++
-			wait = min(wait*2, 5*time.Second)
 		} else {
-			failures, wait = 0, time.Second
+			wait = time.Second
 		}
+		c.reconnectDead()
 		select {
 		case <-c.stop:
 			return
 		case <-time.After(wait):
 		}
+	}
+}
+
+// anyAlive reports whether some member is neither silent nor cut off.
+func (c *Cluster) anyAlive() bool {
+	now := time.Now()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, m := range c.members {
+		m.mu.Lock()
+		alive := !m.suspect && now.After(m.unreachable)
+		m.mu.Unlock()
+		if alive {
+			return true
+		}
+	}
+	return false
+}
+
+// reconnectDead tries to join the members that died in the last few
+// minutes and have not come back, as serf's reconnect does.
+func (c *Cluster) reconnectDead() {
+	var addrs []string
+	c.mu.Lock()
+	for name, d := range c.dead {
+		if time.Since(d.at) > reconnectFor {
+			delete(c.dead, name)
+			continue
+		}
+		addrs = append(addrs, d.addr)
+	}
+	c.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	if n, err := c.ml.Join(addrs); n > 0 {
+		c.logger.Info("reached members that had died", "contacted", n)
+	} else {
+		c.logger.Debug("dead members still unreachable", "addrs", addrs, "err", err)
 	}
 }
 
@@ -325,21 +390,20 @@ func (c *Cluster) broadcastLoad(force bool) {
 	c.queue.QueueBroadcast(&loadBroadcast{node: c.cfg.NodeName, msg: append([]byte{msgLoad}, msg...)})
 }
 
-// watchSuspects mirrors memberlist's suspect state into the members, since
-// memberlist only notifies joins, leaves and updates.
+// watchSuspects marks members that have gone silent, so they get no new
+// chats until they speak again or memberlist declares them dead.
 func (c *Cluster) watchSuspects() {
-	states := map[string]bool{}
-	for _, n := range c.ml.Members() {
-		states[n.Name] = n.State == memberlist.StateSuspect
-	}
+	now := time.Now()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for name, m := range c.members {
 		m.mu.Lock()
-		if s := states[name]; s != m.suspect {
+		if s := now.Sub(m.heard) > suspectAfter; s != m.suspect {
 			m.suspect = s
 			if s {
-				c.logger.Warn("member suspect: no new chats for it", "member", name)
+				c.logger.Warn("member silent: no new chats for it", "member", name, "silent_for", now.Sub(m.heard).Round(time.Millisecond))
+			} else {
+				c.logger.Info("member speaks again", "member", name)
 			}
 		}
 		m.mu.Unlock()
@@ -384,6 +448,7 @@ func newMember(name string, meta *actors.NodeMeta) *Member {
 		kill:  cancel,
 		load:  map[string]*actors.LayoutLoad{},
 		sent:  map[string]int{},
+		heard: time.Now(),
 	}
 }
 

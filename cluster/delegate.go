@@ -119,7 +119,7 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	died := !m.draining
 	m.mu.Unlock()
 	if died {
-		c.dead[n.Name] = time.Now()
+		c.dead[n.Name] = deadMember{at: time.Now(), addr: n.Address()}
 	}
 	handlers := append([]func(*actors.NodeMeta){}, c.onDown...)
 	c.mu.Unlock()
@@ -192,6 +192,7 @@ func (c *Cluster) applyLoad(load *actors.NodeLoad) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.heard = time.Now() // any report, even a repeated one, is a sign of life
 	if load.GetSeq() <= m.seq {
 		return
 	}

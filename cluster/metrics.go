@@ -35,8 +35,8 @@ type membersCollector struct {
 
 func (mc *membersCollector) Describe(ch chan<- *prometheus.Desc) { ch <- mc.desc }
 
-// Collect counts this node and its members; a dead member counts until
-// memberlist would stop gossiping about it.
+// Collect counts this node and its members; a dead member counts for 15 s,
+// as long as memberlist gossips about it.
 func (mc *membersCollector) Collect(ch chan<- prometheus.Metric) {
 	c := mc.c
 	alive, suspect, dead := 1, 0, 0
@@ -50,12 +50,10 @@ func (mc *membersCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		m.mu.Unlock()
 	}
-	for name, at := range c.dead {
-		if time.Since(at) > 15*time.Second {
-			delete(c.dead, name)
-			continue
+	for _, d := range c.dead {
+		if time.Since(d.at) < 15*time.Second {
+			dead++
 		}
-		dead++
 	}
 	c.mu.Unlock()
 	for state, n := range map[string]int{"alive": alive, "suspect": suspect, "dead": dead} {

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Goals from the issue.
+const (
+	goalHopP50   = 300 * time.Microsecond // added to a chat at p50
+	goalHopChunk = 10 * time.Microsecond  // CPU added per chunk
+	goalConverge = 2 * time.Second        // 5 nodes
+	goalKilled   = time.Second            // SIGKILL routed around
+	goalSilent   = 5 * time.Second        // silent node routed around
+	goalScale3   = 2.7                    // 3 nodes over 1
+)
+
+type report struct {
+	machine  machine
+	command  string
+	o        options
+	took     time.Duration
+	hop      *hopResult
+	converge []convergeResult
+	kill     *failoverResult
+	stop     *failoverResult
+	scale    []scaleRow
+}
+
+func met(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond)) }
+func sec(d time.Duration) string {
+	if d < time.Second {
+		return fmt.Sprintf("%d ms", d.Milliseconds())
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func signedMS(d time.Duration) string {
+	if d >= 0 {
+		return "+" + ms(d)
+	}
+	return "−" + ms(-d)
+}
+
+func signedUS(d time.Duration) string {
+	if d >= 0 {
+		return "+" + us(d)
+	}
+	return "−" + us(-d)
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	m := r.machine
+	p("# Troupe cluster benchmark\n\n")
+	p("- Machine: %s, %d cores; %s; %s. Every node is its own process on 127.0.0.1, unpinned, sharing the cores with the load generator.\n", m.CPU, m.Cores, m.Go, m.Date)
+	p("- Command: `%s` (took %s).\n\n", strings.TrimSpace(r.command), r.took.Round(time.Second))
+
+	p("## Summary\n\n| Goal | Measured | Met |\n|---|---|---|\n")
+	if h := r.hop; h != nil {
+		d := h.remote.p50 - h.local.p50
+		p("| a remote hop adds < %s to a chat at p50 | %s | %s |\n", ms(goalHopP50), signedMS(d), met(d < goalHopP50))
+		c := h.remote.cpuPerChunk - h.local.cpuPerChunk
+		p("| a remote hop adds < %s of CPU per chunk | %s | %s |\n", us(goalHopChunk), signedUS(c), met(c < goalHopChunk))
+	}
+	if len(r.converge) > 0 {
+		med, worst, over := convergeStats(r.converge)
+		p("| 5 nodes converge in < %s | median %s; %d of %d rounds over %s (worst %s) | %s |\n",
+			sec(goalConverge), optSec(med), over, len(r.converge), sec(goalConverge), convergedText(worst), met(over == 0))
+	}
+	if k := r.kill; k != nil {
+		p("| a killed process is routed around in < %s | %s | %s |\n", sec(goalKilled), sec(k.routedAround()), met(k.routedAround() < goalKilled && k.noticed >= 0))
+	}
+	if s := r.stop; s != nil {
+		p("| a silent node is routed around in < %s | %s | %s |\n", sec(goalSilent), sec(s.routedAround()), met(s.routedAround() < goalSilent && s.noticed >= 0))
+	}
+	if len(r.scale) == 3 && r.scale[0].rate > 0 {
+		x := r.scale[2].rate / r.scale[0].rate
+		p("| 3 nodes give ≥ %.1fx the throughput of one | %.2fx | %s |\n", goalScale3, x, met(x >= goalScale3))
+	}
+	p("\n")
+
+	if h := r.hop; h != nil {
+		p("## Remote hop\n\n")
+		p("Two nodes serving different LLMs; chats ask for node hop-b's. \"One node\": sent to hop-b, they run there. \"Remote hop\": sent to hop-a, which does not serve that LLM, they run on hop-b and every chunk crosses back. reflect with `chunk: 1` streams one chunk per rune. Best of %d alternating rounds, each %v after a %v warm-up.\n\n", r.o.rounds, r.o.duration, r.o.warmup)
+		p("| | One node | Remote hop | Added by the hop |\n|---|--:|--:|--:|\n")
+		p("| chat latency p50 (%d runes = %d chunks, 1 client) | %s | %s | %s |\n", h.shortRunes, h.shortRunes, ms(h.local.p50), ms(h.remote.p50), signedMS(h.remote.p50-h.local.p50))
+		p("| chat latency p99 (same) | %s | %s | %s |\n", ms(h.local.p99), ms(h.remote.p99), signedMS(h.remote.p99-h.local.p99))
+		p("| CPU per chunk, both nodes (%d chunks a chat, %d clients) | %s | %s | %s |\n", h.longRunes, h.cpuClients, us(h.local.cpuPerChunk), us(h.remote.cpuPerChunk), signedUS(h.remote.cpuPerChunk-h.local.cpuPerChunk))
+		p("| long chats/s in that run | %.1f | %.1f | |\n", h.local.longRate, h.remote.longRate)
+		p("| long chat latency p50 in that run | %s | %s | %s |\n", ms(h.local.longP50), ms(h.remote.longP50), signedMS(h.remote.longP50-h.local.longP50))
+		p("| chats measured (short; long) | %d; %d | %d; %d | |\n\n", h.local.chats, h.local.chunks/int64(max(h.longRunes, 1)), h.remote.chats, h.remote.chunks/int64(max(h.longRunes, 1)))
+	}
+	if len(r.converge) > 0 {
+		p("## Convergence\n\n")
+		p("%d nodes started at once, all joining the first; the clock starts before the first process does. \"Serving\": the last node printed its address. \"Converged\": every node's `/metrics` counts %d members alive (polled every 5 ms).\n\n", convergeNodes, convergeNodes)
+		p("| Round | All serving | Converged |\n|--:|--:|--:|\n")
+		for i, c := range r.converge {
+			p("| %d | %s | %s |\n", i+1, sec(c.serving), convergedText(c.converged))
+		}
+		p("\n")
+	}
+	if r.kill != nil || r.stop != nil {
+		p("## A node lost under load\n\n")
+		p("A gateway node serving another LLM and two nodes serving the one its %d clients ask for (ten characters 5 ms apart); every chat crosses to one of the two. After %v of steady load one of them gets the signal: SIGKILL (its connections drop at once) or SIGSTOP (silent: its sockets stay open and nothing answers, as in a partition). A chat is *disturbed* if it was cut mid-answer, failed, answered by the victim after the signal, or took longer than the threshold (2 x the p99 before the signal + 50 ms). \"Routed around\" is the later of: when the gateway logged it stopped routing there, and when the last disturbed chat was sent.\n\n", r.o.failoverClients, r.o.steady)
+		p("| | SIGKILL | SIGSTOP (silent) |\n|---|--:|--:|\n")
+		rows := []struct {
+			name string
+			f    func(*failoverResult) string
+		}{
+			{"routed around after", func(x *failoverResult) string { return sec(x.routedAround()) }},
+			{"gateway stopped routing there after", func(x *failoverResult) string {
+				if x.noticed < 0 {
+					return "not logged"
+				}
+				return sec(x.noticed) + " (" + x.noticedHow + ")"
+			}},
+			{"last disturbed chat sent after", func(x *failoverResult) string { return optSec(x.lastDisturbed) }},
+			{"every client served normally again after", func(x *failoverResult) string { return optSec(x.restored) }},
+			{"declared dead after", func(x *failoverResult) string { return optSec(x.dead) }},
+			{"chats in flight at or sent after the signal", func(x *failoverResult) string { return fmt.Sprint(x.affected) }},
+			{"... cut mid-answer (short error note)", func(x *failoverResult) string { return fmt.Sprint(x.cut) }},
+			{"... failed with an error status", func(x *failoverResult) string { return fmt.Sprint(x.failed) }},
+			{"... delayed past the threshold", func(x *failoverResult) string {
+				return fmt.Sprintf("%d (threshold %s)", x.delayed, ms(x.threshold))
+			}},
+			{"... answered by the victim", func(x *failoverResult) string { return fmt.Sprint(x.victimAfter) }},
+			{"re-routed by the gateway", func(x *failoverResult) string { return fmt.Sprint(x.reroutes) }},
+			{"chats in the run", func(x *failoverResult) string { return fmt.Sprint(x.chats) }},
+		}
+		cell := func(x *failoverResult, f func(*failoverResult) string) string {
+			if x == nil {
+				return "not run"
+			}
+			return f(x)
+		}
+		for _, row := range rows {
+			p("| %s | %s | %s |\n", row.name, cell(r.kill, row.f), cell(r.stop, row.f))
+		}
+		for _, x := range []*failoverResult{r.kill, r.stop} {
+			if x != nil && x.firstFailure != "" {
+				p("\n%s: first error a client saw: `%s`\n", x.signal, x.firstFailure)
+			}
+		}
+		p("\n")
+	}
+	if len(r.scale) > 0 {
+		p("## Scale-out\n\n")
+		p("All chats through the first node's gateway; each node's model runs %d chats at once (queue %d), each %d characters with %v of sleep before all but the first, so the models, not the CPUs, are the limit. Clients: %d per node, closed loop, %v after a %v warm-up. \"Models allow\": nodes x %d / chat time.\n\n",
+			scaleConcurrency, scaleQueue, scaleChars, r.o.scaleDelay, scaleConcurrency+scaleQueue/2, r.o.duration, r.o.warmup, scaleConcurrency)
+		p("| Nodes | Clients | chats/s | vs one node | of what the models allow | p50 | failed | by node |\n|--:|--:|--:|--:|--:|--:|--:|---|\n")
+		for _, row := range r.scale {
+			names := make([]string, 0, len(row.byNode))
+			for n := range row.byNode {
+				names = append(names, n)
+			}
+			slices.Sort(names)
+			var parts []string
+			for _, n := range names {
+				parts = append(parts, fmt.Sprintf("%s %d", n, row.byNode[n]))
+			}
+			p("| %d | %d | %.1f | %.2fx | %.0f%% | %s | %d | %s |\n", row.nodes, row.clients, row.rate, row.rate/r.scale[0].rate,
+				100*row.rate/row.ideal, ms(row.p50), row.failed, strings.Join(parts, ", "))
+		}
+		p("\n")
+	}
+	return b.String()
+}
+
+// convergeStats returns the median and worst convergence time (-1 stands
+// for a round that did not converge, and is the worst) and how many rounds
+// missed the goal.
+func convergeStats(rs []convergeResult) (median, worst time.Duration, over int) {
+	var ds []time.Duration
+	for _, r := range rs {
+		d := r.converged
+		if d < 0 {
+			d = time.Duration(1<<63 - 1)
+		}
+		if d >= goalConverge {
+			over++
+		}
+		ds = append(ds, d)
+	}
+	slices.Sort(ds)
+	median, worst = ds[(len(ds)-1)/2], ds[len(ds)-1]
+	if median == time.Duration(1<<63-1) {
+		median = -1
+	}
+	if worst == time.Duration(1<<63-1) {
+		worst = -1
+	}
+	return median, worst, over
+}
+
+func convergedText(d time.Duration) string {
+	if d < 0 {
+		return fmt.Sprintf("not within %s", sec(convergeLimit))
+	}
+	return sec(d)
+}
+
+func optSec(d time.Duration) string {
+	if d < 0 {
+		return "none"
+	}
+	return sec(d)
+}
+
+// machine describes where the benchmark ran.
+type machine struct {
+	CPU   string
+	Cores int
+	Go    string
+	Date  string
+}
+
+func machineFacts() machine {
+	m := machine{CPU: "unknown", Cores: runtime.NumCPU(), Go: runtime.Version(), Date: time.Now().UTC().Format("2006-01-02 15:04 MST")}
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return m
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if key, val, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(key) == "model name" {
+			m.CPU = strings.TrimSpace(val)
+			break
+		}
+	}
+	return m
+}
