@@ -75,24 +75,32 @@ func (m *Metrics) forActor(layout, path string) *actorMetrics {
 	}
 }
 
-// props returns the options that instrument an actor: a receive middleware
-// for messages and processing time, and a mailbox the collector can read.
-func (m *Metrics) props(am *actorMetrics) []actor.PropsOption {
-	return []actor.PropsOption{
-		actor.WithReceiverMiddleware(func(next actor.ReceiverFunc) actor.ReceiverFunc {
-			return func(c actor.ReceiverContext, env *actor.MessageEnvelope) {
-				start := time.Now()
-				next(c, env)
-				am.processing.Observe(time.Since(start).Seconds())
-				am.messages.Inc()
-			}
-		}),
-		actor.WithMailbox(func() actor.Mailbox {
-			mb := actor.Unbounded()()
-			m.mailboxes.set(am.key, mb)
-			return mb
-		}),
-	}
+// props returns the Props of one of a layout's actors: instrumented, run by
+// the layout's dispatcher, with a mailbox the collector can read.
+func (m *Metrics) props(am *actorMetrics, d actor.Dispatcher, producer actor.Producer, opts ...actor.PropsOption) *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor { return &instrumented{actor: producer(), am: am} },
+		append(opts,
+			actor.WithDispatcher(d),
+			actor.WithMailbox(func() actor.Mailbox {
+				mb := actor.Unbounded()()
+				m.mailboxes.set(am.key, mb)
+				return mb
+			}))...)
+}
+
+// instrumented counts and times the messages an actor handles. It wraps the
+// actor rather than being a receiver middleware because protoactor wraps
+// every message in a new envelope for middlewares.
+type instrumented struct {
+	actor actor.Actor
+	am    *actorMetrics
+}
+
+func (i *instrumented) Receive(c actor.Context) {
+	start := time.Now()
+	i.actor.Receive(c)
+	i.am.processing.Observe(time.Since(start).Seconds())
+	i.am.messages.Inc()
 }
 
 // forget drops an actor's mailbox from the collector when it is gone.

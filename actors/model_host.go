@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -20,7 +21,7 @@ type modelHost struct {
 	next   *actor.PID // first egress filter, or nil to answer the reply directly
 	logger *slog.Logger
 
-	inflight map[string]context.CancelCauseFunc
+	inflight map[string]*generation
 }
 
 // generationDone tells the host a generation goroutine has finished.
@@ -34,9 +35,10 @@ type modelCrashed struct {
 	stack  []byte
 }
 
-var (
-	errModelRestarted = errors.New("the model was restarted")
-	errCancelled      = errors.New("the chat was cancelled")
+// Why a generation was stopped before its end, first reason first.
+const (
+	stopCancelled int32 = iota + 1
+	stopRestarted
 )
 
 func (h *modelHost) Receive(c actor.Context) {
@@ -44,12 +46,12 @@ func (h *modelHost) Receive(c actor.Context) {
 	case *ChatRequest:
 		h.start(c, msg)
 	case *Cancel:
-		if cancel, ok := h.inflight[msg.ChatId]; ok {
-			cancel(errCancelled)
+		if g, ok := h.inflight[msg.ChatId]; ok {
+			g.stop(stopCancelled)
 		}
 	case *generationDone:
-		if cancel, ok := h.inflight[msg.chatID]; ok {
-			cancel(nil)
+		if g, ok := h.inflight[msg.chatID]; ok {
+			g.cancel()
 			delete(h.inflight, msg.chatID)
 		}
 	case *modelCrashed:
@@ -57,22 +59,17 @@ func (h *modelHost) Receive(c actor.Context) {
 	case *actor.Restarting, *actor.Stopping:
 		// The running generations belong to this instance; each ends with a
 		// Failure sent by its own goroutine, so its chat is still answered.
-		for id, cancel := range h.inflight {
-			cancel(errModelRestarted)
+		for id, g := range h.inflight {
+			g.stop(stopRestarted)
 			delete(h.inflight, id)
 		}
 	}
 }
 
 func (h *modelHost) start(c actor.Context, req *ChatRequest) {
-	if h.inflight == nil {
-		h.inflight = map[string]context.CancelCauseFunc{}
-	}
 	if _, dup := h.inflight[req.ChatId]; dup {
 		return
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	h.inflight[req.ChatId] = cancel
 	g := &generation{
 		system: c.ActorSystem(),
 		self:   c.Self(),
@@ -83,6 +80,19 @@ func (h *modelHost) start(c actor.Context, req *ChatRequest) {
 	if g.next == nil {
 		g.next = req.ReplyTo
 	}
+	if h.inflight == nil {
+		h.inflight = map[string]*generation{}
+	}
+	// One context per generation, its cause kept aside: a cancel-cause
+	// context with a deadline context under it costs twice the memory for
+	// as long as the chat streams.
+	var ctx context.Context
+	if req.DeadlineUnixNano > 0 {
+		ctx, g.cancel = context.WithDeadline(context.Background(), time.Unix(0, req.DeadlineUnixNano))
+	} else {
+		ctx, g.cancel = context.WithCancel(context.Background())
+	}
+	h.inflight[req.ChatId] = g
 	go g.run(ctx, h.model)
 }
 
@@ -94,15 +104,18 @@ type generation struct {
 	next   *actor.PID
 	req    *ChatRequest
 	logger *slog.Logger
-	carry  []byte // an incomplete UTF-8 sequence at the end of the last emit
+	cancel context.CancelFunc
+	why    atomic.Int32 // stopCancelled or stopRestarted, once stopped
+	carry  []byte       // an incomplete UTF-8 sequence at the end of the last emit
+}
+
+// stop cancels a generation for the first reason given.
+func (g *generation) stop(why int32) {
+	g.why.CompareAndSwap(0, why)
+	g.cancel()
 }
 
 func (g *generation) run(ctx context.Context, model Model) {
-	if g.req.DeadlineUnixNano > 0 {
-		var stop context.CancelFunc
-		ctx, stop = context.WithDeadline(ctx, time.Unix(0, g.req.DeadlineUnixNano))
-		defer stop()
-	}
 	root := g.system.Root
 	id, replyTo := g.req.ChatId, g.req.ReplyTo
 	root.Send(g.next, &Begin{ChatId: id, ReplyTo: replyTo})
@@ -115,7 +128,7 @@ func (g *generation) run(ctx context.Context, model Model) {
 		root.Send(g.next, &Failure{ChatId: id, Code: Code_CODE_INTERNAL, Reason: "the model failed", ReplyTo: replyTo})
 		root.Send(g.self, &modelCrashed{reason: crash.reason, stack: crash.stack})
 	case ctx.Err() != nil:
-		root.Send(g.next, contextFailure(ctx, id, replyTo))
+		root.Send(g.next, g.stopped(ctx))
 	case err != nil:
 		g.logger.Warn("model failed", "chat", id, "err", err)
 		root.Send(g.next, &Failure{ChatId: id, Code: Code_CODE_INTERNAL, Reason: err.Error(), ReplyTo: replyTo})
@@ -190,13 +203,13 @@ func bytesToValidUTF8(b []byte) []byte {
 	return out
 }
 
-// contextFailure turns the end of a chat's context into its Failure.
-func contextFailure(ctx context.Context, id string, replyTo *actor.PID) *Failure {
-	cause := context.Cause(ctx)
-	if errors.Is(cause, context.DeadlineExceeded) {
+// stopped is the Failure of a generation whose context ended.
+func (g *generation) stopped(ctx context.Context) *Failure {
+	id, replyTo := g.req.ChatId, g.req.ReplyTo
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return &Failure{ChatId: id, Code: Code_CODE_DEADLINE_EXCEEDED, Reason: "the chat ran past its deadline", ReplyTo: replyTo}
 	}
-	if errors.Is(cause, errModelRestarted) {
+	if g.why.Load() == stopRestarted {
 		return &Failure{ChatId: id, Code: Code_CODE_UNAVAILABLE, Reason: "the model was restarted", ReplyTo: replyTo}
 	}
 	return &Failure{ChatId: id, Code: Code_CODE_CANCELED, Reason: "the chat was cancelled", ReplyTo: replyTo}

@@ -50,9 +50,10 @@ type Layout struct {
 	Root      *actor.PID
 	Admission *Admission
 
-	system *actor.ActorSystem
-	health atomic.Pointer[Health]
-	epoch  atomic.Pointer[Epoch]
+	system     *actor.ActorSystem
+	dispatcher *workerPool
+	health     atomic.Pointer[Health]
+	epoch      atomic.Pointer[Epoch]
 }
 
 // Epoch is one incarnation of a layout's actors. Its context ends when they
@@ -60,8 +61,9 @@ type Layout struct {
 // gateway fails the chats that were running in them instead of letting them
 // hang.
 type Epoch struct {
-	ctx  context.Context
-	kill context.CancelFunc
+	ctx   context.Context
+	kill  context.CancelFunc
+	entry atomic.Pointer[actor.PID] // the first stage, once spawned
 }
 
 func newEpoch() *Epoch {
@@ -72,6 +74,18 @@ func newEpoch() *Epoch {
 // Context ends when the epoch's actors are gone.
 func (e *Epoch) Context() context.Context { return e.ctx }
 
+// Entry returns where to send this epoch's chats and their Cancels: its
+// first stage, so that a chat skips a hop through the layout's root actor,
+// or the root while the stages are being spawned. A chat sent to the entry
+// of an epoch whose actors died meanwhile is not lost silently: it must be
+// failed when the epoch's Context ends.
+func (e *Epoch) Entry(l *Layout) *actor.PID {
+	if pid := e.entry.Load(); pid != nil {
+		return pid
+	}
+	return l.Root
+}
+
 // Health returns the layout's current health.
 func (l *Layout) Health() Health { return *l.health.Load() }
 
@@ -81,6 +95,8 @@ func (l *Layout) Epoch() *Epoch { return l.epoch.Load() }
 // Stop stops the layout's actors, letting each finish the messages it has
 // queued, and waits for them until ctx ends.
 func (l *Layout) Stop(ctx context.Context) error {
+	// Actors that outlive a timed-out wait run on goroutines of their own.
+	defer l.dispatcher.Close()
 	done := make(chan error, 1)
 	go func() { done <- l.system.Root.PoisonFuture(l.Root).Wait() }()
 	select {
@@ -129,21 +145,29 @@ func StartPipeline(system *actor.ActorSystem, spec PipelineSpec, metrics *Metric
 	if capacity < 1 {
 		capacity = 1
 	}
-	l := &Layout{Name: spec.Name, Admission: NewAdmission(capacity, spec.Model.Queue), system: system}
+	l := &Layout{Name: spec.Name, Admission: NewAdmission(capacity, spec.Model.Queue), system: system,
+		// One worker per actor is enough for every mailbox to run at once;
+		// one more covers a mailbox rescheduled while its worker winds down.
+		dispatcher: newWorkerPool(len(spec.Ingress)+len(spec.Egress)+3, dispatcherThroughput)}
 	l.health.Store(&Health{Healthy: true, Since: time.Now()})
 	l.epoch.Store(newEpoch())
 	p.layout = l
 
 	root := p.metrics.forActor(spec.Name, "pipeline")
-	props := actor.PropsFromProducer(func() actor.Actor { return p },
-		append(p.metrics.props(root), actor.WithSupervisor(&strategy{cfg: p.sup, handler: p}))...)
+	props := p.metrics.props(root, l.dispatcher, func() actor.Actor { return p },
+		actor.WithSupervisor(&strategy{cfg: p.sup, handler: p}))
 	pid, err := system.Root.SpawnNamed(props, "layout/"+spec.Name)
 	if err != nil {
+		l.dispatcher.Close()
 		return nil, fmt.Errorf("layout %q: %w", spec.Name, err)
 	}
 	l.Root = pid
 	return l, nil
 }
+
+// dispatcherThroughput is how many messages an actor handles in a row before
+// it lets other goroutines run: protoactor's default.
+const dispatcherThroughput = 300
 
 // stage is one supervised child of the pipeline.
 type stage struct {
@@ -191,11 +215,21 @@ func (p *pipeline) Receive(c actor.Context) {
 		}
 	case *actor.Started:
 		p.spawnStages(c)
+		if old := p.layout.Epoch(); !old.entry.CompareAndSwap(nil, p.first) {
+			// The root restarted, which stopped the stages that entry
+			// points to: their chats must fail, not hang.
+			e := newEpoch()
+			e.entry.Store(p.first)
+			p.layout.epoch.Store(e)
+			old.kill()
+		}
 	case *actor.Terminated:
 		p.stageTerminated(c, msg.Who)
 	case respawn:
 		p.spawnStages(c)
-		p.layout.epoch.Store(newEpoch())
+		e := newEpoch()
+		e.entry.Store(p.first)
+		p.layout.epoch.Store(e)
 		p.layout.health.Store(&Health{Healthy: true, Since: time.Now()})
 		p.logger.Info("layout recovered")
 	case *actor.Stopping:
@@ -214,12 +248,12 @@ func (p *pipeline) spawnStages(c actor.Context) {
 	spawn := func(path string, ingress bool, next *actor.PID, producer func() actor.Actor) *actor.PID {
 		am := p.metrics.forActor(p.spec.Name, path)
 		incarnations := 0
-		props := actor.PropsFromProducer(func() actor.Actor {
+		props := p.metrics.props(am, p.layout.dispatcher, func() actor.Actor {
 			if incarnations++; incarnations > 1 {
 				am.restarts.Inc()
 			}
 			return producer()
-		}, p.metrics.props(am)...)
+		})
 		pid := c.Spawn(props)
 		p.stages[pid.Id] = &stage{path: path, pid: pid, next: next, ingress: ingress, am: am}
 		return pid

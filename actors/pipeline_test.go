@@ -85,7 +85,7 @@ type harness struct {
 
 func startLayout(t *testing.T, spec actors.PipelineSpec) *harness {
 	t.Helper()
-	system := actor.NewActorSystem()
+	system := actors.NewActorSystem(actor.Configure())
 	t.Cleanup(system.Shutdown)
 	reg := prometheus.NewRegistry()
 	if spec.Name == "" {

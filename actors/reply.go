@@ -26,11 +26,15 @@ type Reply struct {
 	spare    []any
 	terminal bool
 	signal   chan struct{}
+	// bufs back queue and spare until a batch outgrows them: most chats
+	// arrive as a Begin, a Chunk and an End.
+	bufs [2][4]any
 }
 
 // NewReply registers a reply process for a chat. The caller must Close it.
 func NewReply(system *actor.ActorSystem, chatID string) *Reply {
 	r := &Reply{system: system, signal: make(chan struct{}, 1)}
+	r.queue, r.spare = r.bufs[0][:0], r.bufs[1][:0]
 	pid, ok := system.ProcessRegistry.Add(r, "reply$"+chatID)
 	if !ok {
 		// A chat id is unique per node; a clash means a caller reused one.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,10 @@ type Config struct {
 	ChatTimeout time.Duration
 	// MaxInputBytes bounds a chat request's body; default 8 MiB.
 	MaxInputBytes int64
+	// ReleaseMemoryAfter is how long the node must go without chats before
+	// it returns the memory they left free to the OS (at most every 10 s);
+	// default 200ms, negative never.
+	ReleaseMemoryAfter time.Duration
 	// Gatherer serves /metrics; nil serves prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
 	// Registerer receives the gateway's metrics; nil registers nothing.
@@ -57,13 +62,15 @@ type Server struct {
 	metrics *metrics
 	router  *httprouter.Router
 
-	chatPrefix string
-	chatSeq    atomic.Uint64
+	chatPrefix   string
+	chatSeq      atomic.Uint64
+	layoutSeries sync.Map // layout name to *chatMetrics
+	memory       *memoryReleaser
 
 	mu       sync.Mutex
 	draining bool
-	drained  chan struct{}           // closed when draining and no chat is left
-	running  map[string]*runningChat // by chat id
+	drained  chan struct{}          // closed when draining and no chat is left
+	running  map[string]runningChat // by chat id
 }
 
 // runningChat is a chat in flight, as the gateway tracks it for abort and
@@ -95,6 +102,9 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 	if cfg.MaxInputBytes <= 0 {
 		cfg.MaxInputBytes = 8 << 20
 	}
+	if cfg.ReleaseMemoryAfter == 0 {
+		cfg.ReleaseMemoryAfter = 200 * time.Millisecond
+	}
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.DefaultGatherer
 	}
@@ -112,8 +122,12 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		logger:     cfg.Logger,
 		metrics:    newMetrics(cfg.Registerer, cfg.Layouts),
 		chatPrefix: hex.EncodeToString(prefix[:]) + "-",
-		running:    map[string]*runningChat{},
+		running:    map[string]runningChat{},
+		memory:     newMemoryReleaser(cfg.ReleaseMemoryAfter, debug.FreeOSMemory),
 		drained:    make(chan struct{}),
+	}
+	for name := range cfg.Layouts {
+		s.chatMetrics(name)
 	}
 	s.metrics.registration.WithLabelValues(stateUninitialized).Set(1)
 	r := httprouter.New()
@@ -156,6 +170,7 @@ func (s *Server) StartDraining() {
 	defer s.mu.Unlock()
 	if !s.draining {
 		s.draining = true
+		s.memory.stop()
 		if len(s.running) == 0 {
 			close(s.drained)
 		}
@@ -193,7 +208,39 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request, _ httprout
 }
 
 func (s *Server) newChatID() string {
-	return s.chatPrefix + strconv.FormatUint(s.chatSeq.Add(1), 36)
+	var buf [32]byte
+	return string(strconv.AppendUint(append(buf[:0], s.chatPrefix...), s.chatSeq.Add(1), 36))
+}
+
+// chatMetrics are one layout's per-chat series, bound once so that a chat
+// does no label lookups.
+type chatMetrics struct {
+	completed   prometheus.Counter
+	queueWait   prometheus.Observer
+	firstChunk  prometheus.Observer
+	chunkGap    prometheus.Observer
+	duration    prometheus.Observer
+	outputChars prometheus.Observer
+	outputSpeed prometheus.Observer
+}
+
+// chatMetrics returns a layout's series. The layouts of other nodes are
+// bound on their first chat here; their names come from the cluster, so
+// there are few.
+func (s *Server) chatMetrics(layout string) *chatMetrics {
+	if m, ok := s.layoutSeries.Load(layout); ok {
+		return m.(*chatMetrics)
+	}
+	m, _ := s.layoutSeries.LoadOrStore(layout, &chatMetrics{
+		completed:   s.metrics.chats.WithLabelValues(layout, outcomeCompleted),
+		queueWait:   s.metrics.queueWait.WithLabelValues(layout),
+		firstChunk:  s.metrics.firstChunk.WithLabelValues(layout),
+		chunkGap:    s.metrics.chunkGap.WithLabelValues(layout),
+		duration:    s.metrics.duration.WithLabelValues(layout),
+		outputChars: s.metrics.outputChars.WithLabelValues(layout),
+		outputSpeed: s.metrics.outputSpeed.WithLabelValues(layout),
+	})
+	return m.(*chatMetrics)
 }
 
 // track records a chat in flight; it reports false while draining.
@@ -203,7 +250,8 @@ func (s *Server) track(id, slot string, cancel context.CancelCauseFunc) bool {
 	if s.draining {
 		return false
 	}
-	s.running[id] = &runningChat{slot: slot, cancel: cancel}
+	s.running[id] = runningChat{slot: slot, cancel: cancel}
+	s.memory.chatStarted()
 	return true
 }
 
@@ -211,6 +259,7 @@ func (s *Server) untrack(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.running, id)
+	s.memory.chatEnded()
 	if s.draining && len(s.running) == 0 {
 		close(s.drained)
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"strconv"
@@ -108,6 +110,10 @@ var (
 // A chat that has written nothing yet is tried on another node when its node
 // is full or goes away.
 func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.ChatRequest, key, slot string) {
+	// One context carries every reason to stop the chat, each as its
+	// cause: the client going away, an abort or drain, the time limit, the
+	// layout failing. Nothing reads its deadline, so a timer that cancels it
+	// does the time limit with fewer allocations than a deadline context.
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	if !s.track(req.ChatId, slot, cancel) {
@@ -116,12 +122,12 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.C
 	}
 	defer s.untrack(req.ChatId)
 	start := time.Now()
-	deadline := start.Add(s.cfg.ChatTimeout)
-	ctx, stopDeadline := context.WithDeadlineCause(ctx, deadline, errChatTimeout)
-	defer stopDeadline()
-	req.DeadlineUnixNano = deadline.UnixNano()
+	req.DeadlineUnixNano = start.Add(s.cfg.ChatTimeout).UnixNano()
+	timeout := time.AfterFunc(s.cfg.ChatTimeout, func() { cancel(errChatTimeout) })
+	defer timeout.Stop()
 
 	out := &chatWriter{w: w, flusher: flusherOf(w), chatID: req.ChatId}
+	m := s.chatMetrics(req.Layout)
 	var tried []string
 	for {
 		target, err := s.cfg.Router.Route(req.Layout, key, tried)
@@ -137,13 +143,13 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.C
 			s.reject(w, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err))
 			return
 		}
-		outcome := s.runOn(ctx, target, req, out, start)
+		outcome := s.runOn(ctx, cancel, target, req, out, m, start)
 		if outcome == outcomeRetry {
 			tried = append(tried, target.Node)
 			s.metrics.reroutes.Inc()
 			continue
 		}
-		s.record(req, outcome, out, start)
+		s.record(req, outcome, out, m, start)
 		return
 	}
 }
@@ -151,10 +157,10 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.C
 // outcomeRetry is runOn's word for "nothing was written, try another node".
 const outcomeRetry = "retry"
 
-// runOn runs a chat on one target and returns its outcome.
-func (s *Server) runOn(ctx context.Context, target Target, req *actors.ChatRequest, out *chatWriter, start time.Time) string {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+// runOn runs a chat on one target and returns its outcome. ctx and cancel
+// are the chat's own: a failed layout ends the chat, while a node gone ends
+// only this attempt, which may then be retried elsewhere.
+func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, target Target, req *actors.ChatRequest, out *chatWriter, m *chatMetrics, start time.Time) string {
 	var dest *actor.PID
 	if l := target.Local; l != nil {
 		queued := time.Now()
@@ -165,51 +171,58 @@ func (s *Server) runOn(ctx context.Context, target Target, req *actors.ChatReque
 			return outcomeCancelled
 		}
 		defer l.Admission.Release()
-		s.metrics.queueWait.WithLabelValues(req.Layout).Observe(time.Since(queued).Seconds())
-		dest = l.Root
-		defer context.AfterFunc(l.Epoch().Context(), func() { cancel(errLayoutFailed) })()
+		m.queueWait.Observe(time.Since(queued).Seconds())
+		epoch := l.Epoch()
+		dest = epoch.Entry(l)
+		defer context.AfterFunc(epoch.Context(), func() { cancel(errLayoutFailed) })()
 	} else {
 		dest = target.Remote
 		s.metrics.sent.Inc()
-		defer context.AfterFunc(target.Gone, func() { cancel(errNodeGone) })()
+		var cancelAttempt context.CancelCauseFunc
+		ctx, cancelAttempt = context.WithCancelCause(ctx)
+		defer cancelAttempt(nil)
+		defer context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })()
 	}
 
 	reply := actors.NewReply(s.system, req.ChatId)
 	defer reply.Close()
 	req.ReplyTo = reply.PID()
 	out.node = target.Node
-	sent := time.Now()
+	var sent time.Time
+	if target.Remote != nil {
+		sent = time.Now()
+	}
 	s.system.Root.Send(dest, req)
-	outcome := s.stream(ctx, reply, out, req.Layout, start, func() {
-		if target.Remote != nil {
-			s.metrics.dispatch.Observe(time.Since(sent).Seconds())
-		}
-	})
+	outcome := s.stream(ctx, reply, out, req.Layout, m, start, sent)
 	if outcome != outcomeCompleted && outcome != outcomeFailed {
 		s.system.Root.Send(dest, &actors.Cancel{ChatId: req.ChatId, Reason: outcome})
 	}
 	return outcome
 }
 
-func (s *Server) record(req *actors.ChatRequest, outcome string, out *chatWriter, start time.Time) {
-	s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
+func (s *Server) record(req *actors.ChatRequest, outcome string, out *chatWriter, m *chatMetrics, start time.Time) {
 	if outcome == outcomeCompleted {
+		m.completed.Inc()
 		elapsed := time.Since(start).Seconds()
-		s.metrics.duration.WithLabelValues(req.Layout).Observe(elapsed)
-		s.metrics.outputChars.WithLabelValues(req.Layout).Observe(float64(out.runes))
+		m.duration.Observe(elapsed)
+		m.outputChars.Observe(float64(out.runes))
 		if elapsed > 0 {
-			s.metrics.outputSpeed.WithLabelValues(req.Layout).Observe(float64(out.runes) / elapsed)
+			m.outputSpeed.Observe(float64(out.runes) / elapsed)
 		}
+	} else {
+		s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
 	}
-	s.logger.Debug("chat done", "chat", req.ChatId, "layout", req.Layout, "outcome", outcome, "runes", out.runes)
+	// Checked first because building the arguments costs allocations
+	// even when the line is dropped.
+	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.logger.Debug("chat done", "chat", req.ChatId, "layout", req.Layout, "outcome", outcome, "runes", out.runes)
+	}
 }
 
 // stream copies a chat's answer from its reply to the client until the
-// terminal message or the end of ctx, and returns the chat's outcome.
-// begun is called when the chat's Begin arrives.
-func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWriter, layout string, start time.Time, begun func()) string {
-	firstChunk := s.metrics.firstChunk.WithLabelValues(layout)
-	chunkGap := s.metrics.chunkGap.WithLabelValues(layout)
+// terminal message or the end of ctx, and returns the chat's outcome. sent
+// is when a chat was sent to another node, zero for a local one.
+func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWriter, layout string, m *chatMetrics, start, sent time.Time) string {
 	var last time.Time
 	for {
 		batch, err := reply.Receive(ctx)
@@ -223,13 +236,15 @@ func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWrite
 		for _, msg := range batch {
 			switch msg := msg.(type) {
 			case *actors.Begin:
-				begun()
+				if !sent.IsZero() {
+					s.metrics.dispatch.Observe(time.Since(sent).Seconds())
+				}
 			case *actors.Chunk:
 				now := time.Now()
 				if last.IsZero() {
-					firstChunk.Observe(now.Sub(start).Seconds())
+					m.firstChunk.Observe(now.Sub(start).Seconds())
 				} else {
-					chunkGap.Observe(now.Sub(last).Seconds())
+					m.chunkGap.Observe(now.Sub(last).Seconds())
 				}
 				last = now
 				out.write(msg.Text)
@@ -285,10 +300,13 @@ func (c *chatWriter) start(status int) {
 	}
 	c.started = true
 	h := c.w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("X-Accel-Buffering", "no")
+	// Shared values instead of Set, which allocates a slice per header per
+	// chat: net/http copies them when it writes the header, and an Add
+	// appends to a full slice, which copies it too.
+	h["Content-Type"] = textPlain
+	h["Cache-Control"] = noCache
+	h["X-Content-Type-Options"] = noSniff
+	h["X-Accel-Buffering"] = no
 	h.Set("X-Chat-Id", c.chatID)
 	if c.node != "" {
 		h.Set("X-Troupe-Node", c.node)
@@ -296,10 +314,17 @@ func (c *chatWriter) start(status int) {
 	c.w.WriteHeader(status)
 }
 
+var (
+	textPlain = []string{"text/plain; charset=utf-8"}
+	noCache   = []string{"no-cache"}
+	noSniff   = []string{"nosniff"}
+	no        = []string{"no"}
+)
+
 func (c *chatWriter) write(text string) {
 	c.start(http.StatusOK)
 	c.runes += utf8.RuneCountInString(text)
-	_, _ = c.w.Write([]byte(text))
+	_, _ = io.WriteString(c.w, text)
 }
 
 func (c *chatWriter) flush() {

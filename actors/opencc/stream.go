@@ -18,12 +18,17 @@ type Stream struct {
 	// free is the unused end of the buffer that outputs are written to.
 	// Returned strings point into the buffer, and bytes once returned are
 	// never written again, so one allocation serves many small outputs.
-	free []byte
+	free  []byte
+	arena int // the size of the last buffer
 }
 
-// arenaSize is the size of a new output buffer: a few hundred outputs of a
-// model's typical chunk.
-const arenaSize = 4 << 10
+// Output buffers start small, because most answers are short and every chat
+// in flight holds one, and double up to a few hundred outputs of a model's
+// typical chunk for long streams.
+const (
+	arenaMin = 256
+	arenaMax = 4 << 10
+)
 
 // NewStream returns a streaming converter; each chat needs its own.
 func (c *Converter) NewStream() *Stream {
@@ -46,7 +51,8 @@ func (s *Stream) convert(final bool) string {
 	// Output is rarely longer than twice the input; when it is, append
 	// moves it to a new array, which is correct and merely slower.
 	if need := 2*len(s.in) + 16; cap(s.free) < need {
-		s.free = make([]byte, 0, max(arenaSize, need))
+		s.arena = min(max(2*s.arena, arenaMin), arenaMax)
+		s.free = make([]byte, 0, max(s.arena, need))
 	}
 	out, used := s.c.convert(&s.w, s.free, view(s.in), final)
 	skip := min(s.ahead, len(out))

@@ -58,7 +58,7 @@ func startNode(tb testing.TB, src []byte) *gateway.Server {
 		tb.Fatal(err)
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	system := actor.NewActorSystemWithConfig(actor.Configure(
+	system := actors.NewActorSystem(actor.Configure(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet })))
 	tb.Cleanup(system.Shutdown)
 	reg := prometheus.NewRegistry()

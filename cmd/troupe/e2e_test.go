@@ -52,7 +52,8 @@ type process struct {
 	cmd    *exec.Cmd
 	addr   string // host:port it listens on
 	stderr *syncBuffer
-	exited chan error
+	exited chan error    // receives Wait's result once; see stop
+	done   chan struct{} // closed when the process has exited
 }
 
 var listening = regexp.MustCompile(`serving .* on http://([0-9.:]+)/`)
@@ -70,7 +71,7 @@ func startProcess(t *testing.T, env map[string]string, args ...string) *process 
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &process{t: t, cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	p := &process{t: t, cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -83,11 +84,17 @@ func startProcess(t *testing.T, env map[string]string, args ...string) *process 
 		}
 		close(lines)
 	}()
-	go func() { p.exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		close(p.done)
+		p.exited <- err
+	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-p.done:
+		default:
 			_ = cmd.Process.Kill()
-			<-p.exited
+			<-p.done
 		}
 		if t.Failed() {
 			t.Logf("node stderr:\n%s", p.stderr.String())

@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		actorLevel = slog.LevelDebug
 	}
 	actorLogger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: actorLevel}))
-	system := actor.NewActorSystemWithConfig(actor.Configure(
+	system := actors.NewActorSystem(actor.Configure(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLogger })))
 	defer system.Shutdown()
 
