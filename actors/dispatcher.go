@@ -16,8 +16,8 @@ import (
 // A pool is only safe for actors that never block in Receive: a mailbox run
 // that waits for another actor while holding the last idle worker could
 // wait forever for a run that cannot start. Troupe's actors never block
-// (models run on their own goroutines unless they declare they never block
-// either), and Schedule never waits for a worker anyway: when none is idle
+// (models generate on goroutines of their own), and Schedule never waits
+// for a worker anyway: when none is idle
 // and the pool is full it starts a goroutine, as the default dispatcher
 // does, so a slow run costs a goroutine, not a stall.
 type workerPool struct {

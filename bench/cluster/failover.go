@@ -160,7 +160,7 @@ func (b *bench) failover(ctx context.Context, sig syscall.Signal, after time.Dur
 			r.lastDisturbed = max(r.lastDisturbed, x.sent.Sub(at))
 		}
 	}
-	for _, ev := range []string{"lost the connection to a member", "member suspect: no new chats for it", "member died"} {
+	for _, ev := range []string{"lost the connection to a member", "member silent: no new chats for it", "member died"} {
 		t, ok := gw.logEvent(ev, "member", victim.name, at)
 		if !ok {
 			continue
