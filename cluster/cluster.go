@@ -90,9 +90,11 @@ type Member struct {
 	seq         uint64
 	sent        map[string]int // chats sent per layout since its last report
 	suspect     bool           // silent for longer than suspectAfter
-	heard       time.Time      // its last load report
-	draining    bool           // it said it is shutting down
-	unreachable time.Time      // no new chats before this
+	silent      context.Context
+	hush        context.CancelFunc // ends silent when it turns suspect
+	heard       time.Time          // its last load report
+	draining    bool               // it said it is shutting down
+	unreachable time.Time          // no new chats before this
 }
 
 // New prepares this node's membership: it resolves the configuration and
@@ -401,8 +403,10 @@ func (c *Cluster) watchSuspects() {
 		if s := now.Sub(m.heard) > suspectAfter; s != m.suspect {
 			m.suspect = s
 			if s {
+				m.hush()
 				c.logger.Warn("member silent: no new chats for it", "member", name, "silent_for", now.Sub(m.heard).Round(time.Millisecond))
 			} else {
+				m.silent, m.hush = context.WithCancel(context.Background())
 				c.logger.Info("member speaks again", "member", name)
 			}
 		}
@@ -440,15 +444,18 @@ func (c *Cluster) peerDisconnected(address string) {
 
 func newMember(name string, meta *actors.NodeMeta) *Member {
 	ctx, cancel := context.WithCancel(context.Background())
+	silent, hush := context.WithCancel(context.Background())
 	return &Member{
-		Name:  name,
-		Meta:  meta,
-		chats: actor.NewPID(meta.GetRemoteAddress(), hostName),
-		gone:  ctx,
-		kill:  cancel,
-		load:  map[string]*actors.LayoutLoad{},
-		sent:  map[string]int{},
-		heard: time.Now(),
+		Name:   name,
+		Meta:   meta,
+		chats:  actor.NewPID(meta.GetRemoteAddress(), hostName),
+		gone:   ctx,
+		kill:   func() { cancel(); hush() },
+		silent: silent,
+		hush:   hush,
+		load:   map[string]*actors.LayoutLoad{},
+		sent:   map[string]int{},
+		heard:  time.Now(),
 	}
 }
 
@@ -461,6 +468,10 @@ type Target struct {
 	Remote *actor.PID
 	// Gone ends when the chosen node is gone (never, for this node).
 	Gone context.Context
+	// Silent ends when the chosen node falls silent (nil for this node):
+	// a chat that has written nothing yet moves elsewhere then, rather
+	// than wait seconds more for the node to be declared dead.
+	Silent context.Context
 }
 
 // Serves reports whether any node, this one included, serves layout.
@@ -582,8 +593,9 @@ func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 	m := pick.member
 	m.mu.Lock()
 	m.sent[layout]++
+	silent := m.silent
 	m.mu.Unlock()
-	return Target{Node: m.Name, Remote: m.chats, Gone: m.gone}, nil
+	return Target{Node: m.Name, Remote: m.chats, Gone: m.gone, Silent: silent}, nil
 }
 
 func freeRatio(k *candidate) float64 {

@@ -228,3 +228,39 @@ func TestResolveSeeds(t *testing.T) {
 		}
 	}
 }
+
+// A member silent for longer than suspectAfter gets no new chats, and the
+// chats routed to it before learn it through Target.Silent, so those that
+// have written nothing can move; when it speaks again it takes chats again.
+func TestSilentMember(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	m := c.addMember("b", 0, 0, 8, 8, true)
+	target, err := c.Route("llm", "", nil)
+	if err != nil || target.Node != "b" {
+		t.Fatalf("routed to %s (%v), want b", target.Node, err)
+	}
+	m.mu.Lock()
+	m.heard = time.Now().Add(-suspectAfter - time.Second)
+	m.mu.Unlock()
+	c.watchSuspects()
+	select {
+	case <-target.Silent.Done():
+	default:
+		t.Fatal("the chat routed to b was not told b went silent")
+	}
+	if _, err := c.Route("llm", "", []string{"self"}); !errors.Is(err, ErrNoNode) {
+		t.Fatalf("routing with b silent: %v, want no candidate", err)
+	}
+	c.applyLoad(&actors.NodeLoad{Node: "b", Seq: 2, Layouts: []*actors.LayoutLoad{{Layout: "llm", Capacity: 8, QueueLimit: 8, Healthy: true}}})
+	c.watchSuspects()
+	again, err := c.Route("llm", "", nil)
+	if err != nil || again.Node != "b" {
+		t.Fatalf("after b spoke again: %s (%v)", again.Node, err)
+	}
+	select {
+	case <-again.Silent.Done():
+		t.Fatal("a member that speaks again hands out a silent context already ended")
+	default:
+	}
+}

@@ -27,6 +27,9 @@ type Target struct {
 	Local  *actors.Layout
 	Remote *actor.PID
 	Gone   context.Context
+	// Silent, when not nil, ends while the node has gone silent: a chat
+	// that has written nothing yet is then tried elsewhere.
+	Silent context.Context
 }
 
 // errNoNode is what a Router returns when no node serves a layout now.

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -182,6 +183,15 @@ func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, targ
 		ctx, cancelAttempt = context.WithCancelCause(ctx)
 		defer cancelAttempt(nil)
 		defer context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })()
+		if target.Silent != nil {
+			// A chat already streaming from a silent node keeps waiting: the
+			// node may only be slow, and Gone ends the wait if it died.
+			defer context.AfterFunc(target.Silent, func() {
+				if !out.written.Load() {
+					cancelAttempt(errNodeGone)
+				}
+			})()
+		}
 	}
 
 	reply := actors.NewReply(s.system, req.ChatId)
@@ -286,6 +296,9 @@ type chatWriter struct {
 	chatID  string
 	node    string // the node that runs the chat, for the X-Troupe-Node header
 	started bool
+	// written mirrors started for other goroutines: a silent node's chat
+	// may move elsewhere only while nothing went to the client.
+	written atomic.Bool
 	runes   int
 }
 
@@ -299,6 +312,7 @@ func (c *chatWriter) start(status int) {
 		return
 	}
 	c.started = true
+	c.written.Store(true)
 	h := c.w.Header()
 	// Shared values instead of Set, which allocates a slice per header per
 	// chat: net/http copies them when it writes the header, and an Add
