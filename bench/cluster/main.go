@@ -18,10 +18,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // endpoint is the chat path of every node.
@@ -133,7 +136,11 @@ func run(ctx context.Context, o options) error {
 	// too.
 	defer b.fleet.killAll()
 
-	rep := &report{machine: machineFacts(), command: "go run ./bench/cluster " + strings.Join(os.Args[1:], " "), o: o}
+	m := proc.MachineFacts(runtime.Version())
+	// The nodes share the cores this process may use, whatever the
+	// machine has.
+	m.Cores = runtime.NumCPU()
+	rep := &report{machine: m, command: "go run ./bench/cluster " + strings.Join(os.Args[1:], " "), o: o}
 	began := time.Now()
 	for _, name := range o.only {
 		var err error

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -19,14 +18,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // startTimeout bounds how long a node may take to print its address.
 const startTimeout = 30 * time.Second
-
-// clockTick is the unit of utime and stime in /proc/PID/stat (USER_HZ,
-// 100 on every Linux architecture Go supports; sysconf would need cgo).
-const clockTick = 10 * time.Millisecond
 
 // fleet starts troupe nodes as processes on 127.0.0.1 and kills every one
 // it started, also when the benchmark fails half-way.
@@ -149,8 +146,8 @@ func (f *fleet) start(ctx context.Context, s nodeSpec) (*node, error) {
 	cmd := exec.Command(f.bin)
 	cmd.Env = env
 	n := &node{name: s.name, gossip: s.gossip, log: &logBuffer{max: 8 << 20}, exited: make(chan struct{})}
-	urls := make(chan string, 1)
-	cmd.Stdout = &urlWatcher{w: n.log, found: urls}
+	watcher := proc.NewWatcher(n.log, servingLine)
+	cmd.Stdout = watcher
 	cmd.Stderr = n.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Its own process group, so a Ctrl-C reaches only the harness,
@@ -176,7 +173,7 @@ func (f *fleet) start(ctx context.Context, s nodeSpec) (*node, error) {
 	timer := time.NewTimer(startTimeout)
 	defer timer.Stop()
 	select {
-	case n.base = <-urls:
+	case n.base = <-watcher.Found():
 		return n, nil
 	case <-n.exited:
 		return nil, fmt.Errorf("%s exited before serving; its output:\n%s", s.name, n.log.tail(4<<10))
@@ -223,37 +220,11 @@ func (n *node) kill() {
 	}
 }
 
-// cpu returns the CPU the node has used, user and system, over all its
-// threads (utime + stime of /proc/PID/stat).
-func (n *node) cpu() (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, field 2, is in parentheses and may hold spaces,
-	// so fields are counted from the last ')'.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", n.pid)
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", n.pid)
-	}
-	// f[0] is field 3 (state), so utime (14) and stime (15) are f[11], f[12].
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime/stime %q %q", n.pid, f[11], f[12])
-	}
-	return time.Duration(utime+stime) * clockTick, nil
-}
-
 // cpuOf sums the CPU of several nodes.
 func cpuOf(nodes ...*node) (time.Duration, error) {
 	var sum time.Duration
 	for _, n := range nodes {
-		d, err := n.cpu()
+		d, err := proc.CPUTime(n.pid)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", n.name, err)
 		}
@@ -368,32 +339,4 @@ func (b *logBuffer) tail(n int) string {
 		s = "..." + s[len(s)-n:]
 	}
 	return s
-}
-
-// urlWatcher passes a node's stdout on and reports the URL it serves on.
-type urlWatcher struct {
-	w     io.Writer
-	found chan string
-	line  []byte
-	sent  bool
-}
-
-func (u *urlWatcher) Write(p []byte) (int, error) {
-	if !u.sent {
-		u.line = append(u.line, p...)
-		for {
-			i := bytes.IndexByte(u.line, '\n')
-			if i < 0 {
-				break
-			}
-			if m := servingLine.FindSubmatch(u.line[:i]); m != nil {
-				u.found <- string(m[1])
-				u.sent = true
-				u.line = nil
-				break
-			}
-			u.line = u.line[i+1:]
-		}
-	}
-	return u.w.Write(p)
 }

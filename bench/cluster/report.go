@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // Goals from the issue.
@@ -21,7 +20,7 @@ const (
 )
 
 type report struct {
-	machine  machine
+	machine  proc.Machine
 	command  string
 	o        options
 	took     time.Duration
@@ -219,29 +218,4 @@ func optSec(d time.Duration) string {
 		return "none"
 	}
 	return sec(d)
-}
-
-// machine describes where the benchmark ran.
-type machine struct {
-	CPU   string
-	Cores int
-	Go    string
-	Date  string
-}
-
-func machineFacts() machine {
-	m := machine{CPU: "unknown", Cores: runtime.NumCPU(), Go: runtime.Version(), Date: time.Now().UTC().Format("2006-01-02 15:04 MST")}
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return m
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if key, val, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(key) == "model name" {
-			m.CPU = strings.TrimSpace(val)
-			break
-		}
-	}
-	return m
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // settle is how long a server is left alone before its idle RSS is read,
@@ -69,7 +71,7 @@ func (b *bench) matrix(ctx context.Context, name, bin string, env []string, inpu
 	if err := sleep(ctx, settle); err != nil {
 		return err
 	}
-	if mem.started, err = rss(srv.pid); err != nil {
+	if mem.started, err = proc.RSS(srv.pid); err != nil {
 		return err
 	}
 
@@ -86,7 +88,7 @@ func (b *bench) matrix(ctx context.Context, name, bin string, env []string, inpu
 	if err := sleep(ctx, settle); err != nil {
 		return err
 	}
-	if mem.idle, err = rss(srv.pid); err != nil {
+	if mem.idle, err = proc.RSS(srv.pid); err != nil {
 		return err
 	}
 
@@ -137,11 +139,11 @@ func (b *bench) measureOnce(ctx context.Context, srv *server, inputName string, 
 	closedLoop(ctx, conns, c.want, b.o.warmup)
 
 	r := runResult{target: srv.name, input: inputName, clients: clients}
-	cpu0, err := cpuTime(srv.pid)
+	cpu0, err := proc.CPUTime(srv.pid)
 	if err != nil {
 		return r, err
 	}
-	busy0, err := cpuBusy(serverCPU)
+	busy0, err := proc.CPUBusy(serverCPU)
 	if err != nil {
 		return r, err
 	}
@@ -150,12 +152,12 @@ func (b *bench) measureOnce(ctx context.Context, srv *server, inputName string, 
 	r.loadStats = closedLoop(ctx, conns, c.want, b.o.duration)
 	r.peakRSS = sampler.stop()
 	r.genCPU = selfCPU() - gen0
-	cpu1, err := cpuTime(srv.pid)
+	cpu1, err := proc.CPUTime(srv.pid)
 	if err != nil {
 		return r, err
 	}
 	r.serverCPU = cpu1 - cpu0
-	busy1, err := cpuBusy(serverCPU)
+	busy1, err := proc.CPUBusy(serverCPU)
 	if err != nil {
 		return r, err
 	}

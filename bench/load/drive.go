@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // chat is one request the load sends over and over, with the answer it
@@ -164,7 +166,7 @@ type streamStats struct {
 // per answer, so that no stream ends, and frees its memory, while sampled.
 func holdStreams(ctx context.Context, srv *server, c chat, n int, sampleFor, limit time.Duration) (streamStats, error) {
 	st := streamStats{streams: n}
-	idle, err := rss(srv.pid)
+	idle, err := proc.RSS(srv.pid)
 	if err != nil {
 		return st, err
 	}

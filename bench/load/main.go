@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/troupe-llm/troupe/actors/opencc"
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // pinnedEnv marks the re-executed, pinned load generator.
@@ -186,7 +187,7 @@ func run(ctx context.Context, o options, taskset string) error {
 	}
 
 	rep := &report{
-		machine:  machineFacts(serverGoVersion(o.troupe)),
+		machine:  proc.MachineFacts(serverGoVersion(o.troupe)),
 		command:  "go run ./bench/load " + strings.Join(os.Args[1:], " "),
 		duration: o.duration,
 		warmup:   o.warmup,

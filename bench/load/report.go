@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // Goals the project is judged on.
@@ -16,7 +18,7 @@ const (
 )
 
 type report struct {
-	machine          machine
+	machine          proc.Machine
 	command          string
 	duration, warmup time.Duration
 	rounds           int

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // serverCPU is the CPU the servers are pinned to; the load generator runs
@@ -45,10 +46,10 @@ var servingLine = regexp.MustCompile(`on (http://\S+/v1/completion)`)
 // and waits until it prints the URL it serves on.
 func startServer(ctx context.Context, name, taskset, bin string, env []string) (*server, error) {
 	out := &tailBuffer{max: 64 << 10}
-	urls := make(chan string, 1)
+	watcher := proc.NewWatcher(out, servingLine)
 	cmd := exec.Command(taskset, "-c", serverCPU, bin)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout = &urlWatcher{w: out, found: urls}
+	cmd.Stdout = watcher
 	cmd.Stderr = out
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Its own process group, so that a Ctrl-C reaches only the
@@ -69,7 +70,7 @@ func startServer(ctx context.Context, name, taskset, bin string, env []string) (
 	timer := time.NewTimer(startTimeout)
 	defer timer.Stop()
 	select {
-	case s.url = <-urls:
+	case s.url = <-watcher.Found():
 		return s, nil
 	case <-s.exited:
 		return nil, fmt.Errorf("%s exited before serving (%v); its output:\n%s", name, s.err, out.String())
@@ -109,38 +110,6 @@ func (s *server) stop() {
 		_ = s.cmd.Process.Kill()
 		<-s.exited
 	}
-}
-
-// urlWatcher passes a server's stdout on and sends the first URL it finds.
-type urlWatcher struct {
-	w     *tailBuffer
-	found chan<- string
-	line  []byte
-	done  bool
-}
-
-func (u *urlWatcher) Write(p []byte) (int, error) {
-	_, _ = u.w.Write(p)
-	if u.done {
-		return len(p), nil
-	}
-	u.line = append(u.line, p...)
-	for {
-		i := bytes.IndexByte(u.line, '\n')
-		if i < 0 {
-			break
-		}
-		if m := servingLine.FindSubmatch(u.line[:i]); m != nil {
-			u.found <- string(m[1])
-			u.done, u.line = true, nil
-			break
-		}
-		u.line = u.line[i+1:]
-	}
-	if len(u.line) > 64<<10 {
-		u.line = nil // not a line either server prints
-	}
-	return len(p), nil
 }
 
 // tailBuffer keeps the last max bytes written to it, for error messages
