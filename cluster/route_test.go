@@ -34,6 +34,13 @@ func testCluster(t *testing.T, capacity, queue int) (*Cluster, *actors.Layout) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := l.Stop(ctx); err != nil {
+			t.Errorf("stopping the layout: %v", err)
+		}
+	})
 	c := &Cluster{
 		cfg:     Config{NodeName: "self"},
 		logger:  slog.New(slog.DiscardHandler),

@@ -78,6 +78,7 @@ func startNode(t *testing.T, spec actors.PipelineSpec) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { stopLayout(t, l) })
 	s, err := gateway.New(gateway.Config{
 		Layouts:    map[string]*actors.Layout{spec.Name: l},
 		Gatherer:   reg,
@@ -467,5 +468,15 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for: %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stopLayout stops a layout's actors and its worker goroutines, which
+// cancels the generations still running in it.
+func stopLayout(t *testing.T, l *actors.Layout) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Stop(ctx); err != nil {
+		t.Errorf("stopping the layout: %v", err)
 	}
 }

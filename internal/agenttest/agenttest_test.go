@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -19,42 +17,11 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/troupe-llm/troupe/internal/leaktest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := checkLeaks(5 * time.Second); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// checkLeaks waits for this package's goroutines to end: every one has an
-// owner that stops it when its test ends.
-func checkLeaks(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		buf := make([]byte, 1<<20)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		var leaked []string
-		for g := range strings.SplitSeq(stacks, "\n\n") {
-			if strings.Contains(g, "internal/agenttest.") && !strings.Contains(g, "internal/agenttest.checkLeaks") &&
-				!strings.Contains(g, "internal/agenttest.TestMain") {
-				leaked = append(leaked, g)
-			}
-		}
-		if len(leaked) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("leaked goroutines:\n%s", strings.Join(leaked, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+func TestMain(m *testing.M) { leaktest.Main(m, 5*time.Second) }
 
 // testClient opens a connection per call, so a call made after SetDown or
 // Restart never meets a connection the Agent cut.
