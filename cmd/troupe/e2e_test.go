@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/troupe-llm/troupe/internal/agenttest"
+	"github.com/troupe-llm/troupe/internal/leaktest"
 )
 
 // binary is the troupe command under test, built once by TestMain.
@@ -42,6 +43,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	if code == 0 {
+		if err := leaktest.Check(10 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
