@@ -22,6 +22,15 @@ type Model interface {
 	Generate(ctx context.Context, req *ChatRequest, emit func(text string) error) error
 }
 
+// ModelFunc adapts a function to a Model, as http.HandlerFunc does for
+// handlers.
+type ModelFunc func(ctx context.Context, req *ChatRequest, emit func(text string) error) error
+
+// Generate calls f.
+func (f ModelFunc) Generate(ctx context.Context, req *ChatRequest, emit func(text string) error) error {
+	return f(ctx, req, emit)
+}
+
 // Filter transforms a chat on its way through a layout: the history on the
 // way in (ingress) and the output stream on the way out (egress). A filter
 // that has nothing to do in one direction returns the input unchanged.

@@ -15,15 +15,8 @@ import (
 	"github.com/troupe-llm/troupe/actors"
 )
 
-// funcModel is a Model made of a function.
-type funcModel func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error
-
-func (f funcModel) Generate(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
-	return f(ctx, req, emit)
-}
-
 // echo answers the last user message in chunks of one rune.
-var echo = funcModel(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
+var echo = actors.ModelFunc(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
 	for _, r := range actors.LastUserMessage(req.History) {
 		if err := emit(string(r)); err != nil {
 			return err
@@ -224,7 +217,7 @@ func TestIngressErrorFailsChat(t *testing.T) {
 
 func TestModelErrorFailsChat(t *testing.T) {
 	h := startLayout(t, actors.PipelineSpec{Model: actors.ModelSpec{New: func() (actors.Model, error) {
-		return funcModel(func(_ context.Context, _ *actors.ChatRequest, emit func(string) error) error {
+		return actors.ModelFunc(func(_ context.Context, _ *actors.ChatRequest, emit func(string) error) error {
 			_ = emit("partial")
 			return errors.New("upstream said no")
 		}), nil
@@ -242,7 +235,7 @@ func TestPanickingModelIsRestarted(t *testing.T) {
 	h := startLayout(t, actors.PipelineSpec{
 		Model: actors.ModelSpec{Path: "model/flaky", New: func() (actors.Model, error) {
 			made.Add(1)
-			return funcModel(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+			return actors.ModelFunc(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
 				if actors.LastUserMessage(req.History) == "panic" {
 					panic("boom")
 				}
@@ -299,7 +292,7 @@ func TestRestartBudgetMarksLayoutUnhealthyThenRecovers(t *testing.T) {
 	release := make(chan struct{})
 	h := startLayout(t, actors.PipelineSpec{
 		Model: actors.ModelSpec{Path: "model/flaky", New: func() (actors.Model, error) {
-			return funcModel(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+			return actors.ModelFunc(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
 				switch actors.LastUserMessage(req.History) {
 				case "panic":
 					panic("boom")
@@ -350,7 +343,7 @@ func TestRestartBudgetMarksLayoutUnhealthyThenRecovers(t *testing.T) {
 func TestCancelStopsGeneration(t *testing.T) {
 	stopped := make(chan error, 1)
 	h := startLayout(t, actors.PipelineSpec{Model: actors.ModelSpec{New: func() (actors.Model, error) {
-		return funcModel(func(ctx context.Context, _ *actors.ChatRequest, emit func(string) error) error {
+		return actors.ModelFunc(func(ctx context.Context, _ *actors.ChatRequest, emit func(string) error) error {
 			_ = emit("started")
 			<-ctx.Done()
 			stopped <- ctx.Err()
@@ -378,7 +371,7 @@ func TestCancelStopsGeneration(t *testing.T) {
 
 func TestDeadlineEndsGeneration(t *testing.T) {
 	h := startLayout(t, actors.PipelineSpec{Model: actors.ModelSpec{New: func() (actors.Model, error) {
-		return funcModel(func(ctx context.Context, _ *actors.ChatRequest, _ func(string) error) error {
+		return actors.ModelFunc(func(ctx context.Context, _ *actors.ChatRequest, _ func(string) error) error {
 			<-ctx.Done()
 			return ctx.Err()
 		}), nil
@@ -397,7 +390,7 @@ func TestDeadlineEndsGeneration(t *testing.T) {
 // sequence cut between two emits joined again.
 func TestModelOutputIsValidUTF8(t *testing.T) {
 	h := startLayout(t, actors.PipelineSpec{Model: actors.ModelSpec{New: func() (actors.Model, error) {
-		return funcModel(func(_ context.Context, _ *actors.ChatRequest, emit func(string) error) error {
+		return actors.ModelFunc(func(_ context.Context, _ *actors.ChatRequest, emit func(string) error) error {
 			b := []byte("鼠")
 			for _, piece := range []string{string(b[:1]), string(b[1:]), "a\xffb"} {
 				if err := emit(piece); err != nil {

@@ -635,38 +635,6 @@ func (c *Cluster) shutdown() {
 	c.mu.Unlock()
 }
 
-// MemberInfo describes a member for status pages and tests.
-type MemberInfo struct {
-	Name    string
-	State   string // alive, suspect, unreachable
-	Layouts []*actors.LayoutLoad
-}
-
-// Members lists the other nodes this one knows, sorted by name.
-func (c *Cluster) Members() []MemberInfo {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	var out []MemberInfo
-	now := time.Now()
-	for name, m := range c.members {
-		m.mu.Lock()
-		info := MemberInfo{Name: name, State: "alive"}
-		switch {
-		case m.suspect:
-			info.State = "suspect"
-		case now.Before(m.unreachable):
-			info.State = "unreachable"
-		}
-		for _, l := range m.load {
-			info.Layouts = append(info.Layouts, l)
-		}
-		m.mu.Unlock()
-		out = append(out, info)
-	}
-	slices.SortFunc(out, func(a, b MemberInfo) int { return strings.Compare(a.Name, b.Name) })
-	return out
-}
-
 // logWriter sends memberlist's log lines to slog, at debug level except
 // warnings and errors.
 type logWriter struct{ logger *slog.Logger }

@@ -14,11 +14,9 @@ import (
 	"github.com/troupe-llm/troupe/actors"
 )
 
-type echoModel struct{}
-
-func (echoModel) Generate(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
+var echoModel = actors.ModelFunc(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
 	return emit(actors.LastUserMessage(req.History))
-}
+})
 
 // testCluster is a Cluster with a real local layout of the given capacity
 // and members whose loads the test sets; nothing listens.
@@ -29,7 +27,7 @@ func testCluster(t *testing.T, capacity, queue int) (*Cluster, *actors.Layout) {
 	t.Cleanup(system.Shutdown)
 	l, err := actors.StartPipeline(system, actors.PipelineSpec{
 		Name:  "llm",
-		Model: actors.ModelSpec{Path: "model/echo", New: func() (actors.Model, error) { return echoModel{}, nil }, Capacity: capacity, Queue: queue},
+		Model: actors.ModelSpec{Path: "model/echo", New: func() (actors.Model, error) { return echoModel, nil }, Capacity: capacity, Queue: queue},
 	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)

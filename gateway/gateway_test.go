@@ -21,12 +21,6 @@ import (
 	"github.com/troupe-llm/troupe/gateway"
 )
 
-type funcModel func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error
-
-func (f funcModel) Generate(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
-	return f(ctx, req, emit)
-}
-
 // gate is a model whose chats wait for the test: each chat emits its input,
 // then blocks until released (or cancelled), then emits "!".
 type gate struct {
@@ -197,7 +191,7 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestMultipartForm(t *testing.T) {
-	n := startNode(t, actors.PipelineSpec{Model: modelOf(funcModel(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(actors.ModelFunc(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
 		return emit(actors.LastUserMessage(req.History))
 	}), 2, 0)})
 	pr, pw := io.Pipe()
@@ -354,7 +348,7 @@ func TestDrainDeadlineCancelsChats(t *testing.T) {
 func TestChatFailsWhenLayoutDies(t *testing.T) {
 	g := newGate()
 	n := startNode(t, actors.PipelineSpec{
-		Model: modelOf(funcModel(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+		Model: modelOf(actors.ModelFunc(func(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
 			if actors.LastUserMessage(req.History) == "boom" {
 				return emit("boom")
 			}

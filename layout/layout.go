@@ -7,7 +7,6 @@
 package layout
 
 import (
-	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -24,9 +23,6 @@ var defaultLayout []byte
 
 // DefaultName is the file name errors use for the built-in layout.
 const DefaultName = "<built-in layout>"
-
-// Default returns the built-in example layout's source.
-func Default() []byte { return bytes.Clone(defaultLayout) }
 
 // File is a parsed layout file.
 type File struct {

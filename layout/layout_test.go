@@ -1,6 +1,7 @@
 package layout_test
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -125,7 +126,11 @@ func TestCompileErrorsNamePlace(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	f.Add([]byte(layout.Default()))
+	builtin, err := os.ReadFile("default.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(builtin)
 	f.Add([]byte("version: 1\nllm:\n  class: reflect\n  args: {chunk: 2}\n"))
 	f.Add([]byte("version: 1\nllm: [\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
