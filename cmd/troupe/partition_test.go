@@ -362,8 +362,10 @@ func TestPartitionHeals(t *testing.T) {
 	results := make(chan []labChat, 1)
 	go func() { results <- loadUntil(hc, gw, chatEvery, stop) }()
 	time.Sleep(time.Second)
-	cutAt := time.Now()
+	// The cut counts from when the link is down, not from when the
+	// command started: a chat sent while it ran may still reach node-3.
 	lab.partition(t, 2)
+	cutAt := time.Now()
 	routedAt := waitLab(t, 30*time.Second, aliveIs(gw, 2), "node-1 to count node-3 out")
 	// Chats sent after the bound must show that none goes to node-3 any
 	// more, so the load runs on for a while past it.
