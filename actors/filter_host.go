@@ -57,6 +57,12 @@ func (h *egressHost) Receive(c actor.Context) {
 			h.lost(c, msg.ChatId, msg.ReplyTo)
 			return
 		}
+		if msg.ToolCalls != "" {
+			// Filters map text; a tool call goes to the client as the
+			// model sent it.
+			c.Send(h.to(msg.ReplyTo), msg)
+			return
+		}
 		if out := s.Write(msg.Text); out != "" {
 			msg.Text = out
 			c.Send(h.to(msg.ReplyTo), msg)

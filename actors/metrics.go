@@ -16,6 +16,7 @@ type Metrics struct {
 	processing *prometheus.HistogramVec
 	restarts   *prometheus.CounterVec
 	failures   *prometheus.CounterVec
+	cancels    *prometheus.HistogramVec
 	mailboxes  *mailboxCollector
 }
 
@@ -41,6 +42,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "troupe_actor_failures_total",
 			Help: "Failures (panics) of an actor.",
 		}, labels),
+		cancels: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "troupe_model_cancel_seconds",
+			Help:    "Time from a chat's cancel to its model's generation returning: how fast an upstream request is closed.",
+			Buckets: []float64{1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5},
+		}, labels),
 		mailboxes: &mailboxCollector{
 			desc: prometheus.NewDesc("troupe_actor_mailbox_depth",
 				"User messages waiting in an actor's mailbox at scrape time.", labels, nil),
@@ -48,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.mailboxes)
+		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.mailboxes)
 	}
 	return m
 }

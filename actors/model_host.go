@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // modelHost is the actor that hosts one Model instance. Each chat's
@@ -20,8 +23,12 @@ type modelHost struct {
 	model  Model
 	next   *actor.PID // first egress filter, or nil to answer the reply directly
 	logger *slog.Logger
+	// cancelled observes how long a generation takes to return after its
+	// chat was cancelled: how fast an upstream request is closed.
+	cancelled prometheus.Observer
 
 	inflight map[string]*generation
+	running  sync.WaitGroup // this instance's generations, for Close
 }
 
 // generationDone tells the host a generation goroutine has finished.
@@ -63,7 +70,23 @@ func (h *modelHost) Receive(c actor.Context) {
 			g.stop(stopRestarted)
 			delete(h.inflight, id)
 		}
+		h.release()
 	}
+}
+
+// release closes the instance once its cancelled generations have returned,
+// so that a kind holding connections never has them closed under a request
+// still winding down. The goroutine ends with the last generation, which a
+// cancelled context ends promptly.
+func (h *modelHost) release() {
+	if _, ok := h.model.(io.Closer); !ok {
+		return
+	}
+	model := h.model
+	go func() {
+		h.running.Wait()
+		CloseInstance(model)
+	}()
 }
 
 func (h *modelHost) start(c actor.Context, req *ChatRequest) {
@@ -71,11 +94,13 @@ func (h *modelHost) start(c actor.Context, req *ChatRequest) {
 		return
 	}
 	g := &generation{
-		system: c.ActorSystem(),
-		self:   c.Self(),
-		next:   h.next,
-		req:    req,
-		logger: h.logger,
+		system:    c.ActorSystem(),
+		self:      c.Self(),
+		next:      h.next,
+		req:       req,
+		logger:    h.logger,
+		done:      &h.running,
+		cancelled: h.cancelled,
 	}
 	if g.next == nil {
 		g.next = req.ReplyTo
@@ -93,6 +118,7 @@ func (h *modelHost) start(c actor.Context, req *ChatRequest) {
 		ctx, g.cancel = context.WithCancel(context.Background())
 	}
 	h.inflight[req.ChatId] = g
+	h.running.Add(1)
 	go g.run(ctx, h.model)
 }
 
@@ -104,23 +130,39 @@ type generation struct {
 	next   *actor.PID
 	req    *ChatRequest
 	logger *slog.Logger
+	ctx    context.Context
 	cancel context.CancelFunc
 	why    atomic.Int32 // stopCancelled or stopRestarted, once stopped
-	carry  []byte       // an incomplete UTF-8 sequence at the end of the last emit
+	// stoppedAt is when the first stop came, in Unix nanoseconds.
+	stoppedAt atomic.Int64
+	carry     []byte // an incomplete UTF-8 sequence at the end of the last emit
+	// end collects what Output reports, sent with the chat's End.
+	end       End
+	out       Output
+	done      *sync.WaitGroup
+	cancelled prometheus.Observer
 }
 
 // stop cancels a generation for the first reason given.
 func (g *generation) stop(why int32) {
-	g.why.CompareAndSwap(0, why)
+	if g.why.CompareAndSwap(0, why) {
+		g.stoppedAt.Store(time.Now().UnixNano())
+	}
 	g.cancel()
 }
 
 func (g *generation) run(ctx context.Context, model Model) {
 	root := g.system.Root
 	id, replyTo := g.req.ChatId, g.req.ReplyTo
+	defer g.done.Done()
 	root.Send(g.next, &Begin{ChatId: id, ReplyTo: replyTo})
 
-	err := g.generate(ctx, model)
+	g.out.g = g
+	g.ctx = ctx
+	err := g.generate(context.WithValue(ctx, outputKey{}, &g.out), model)
+	if g.why.Load() == stopCancelled && g.cancelled != nil {
+		g.cancelled.Observe(time.Since(time.Unix(0, g.stoppedAt.Load())).Seconds())
+	}
 	var crash *panicError
 	switch {
 	case errors.As(err, &crash):
@@ -130,15 +172,32 @@ func (g *generation) run(ctx context.Context, model Model) {
 	case ctx.Err() != nil:
 		root.Send(g.next, g.stopped(ctx))
 	case err != nil:
+		// The raw error may carry an upstream's internals: it goes to the
+		// log, and the user gets the short reason of an *Error.
 		g.logger.Warn("model failed", "chat", id, "err", err)
-		root.Send(g.next, &Failure{ChatId: id, Code: Code_CODE_INTERNAL, Reason: err.Error(), ReplyTo: replyTo})
+		f := failureFor(id, err)
+		f.ReplyTo = replyTo
+		root.Send(g.next, f)
 	default:
 		if len(g.carry) > 0 {
 			root.Send(g.next, &Chunk{ChatId: id, Text: string(utf8.RuneError), ReplyTo: replyTo})
 		}
-		root.Send(g.next, &End{ChatId: id, ReplyTo: replyTo})
+		end := &g.end
+		end.ChatId, end.ReplyTo = id, replyTo
+		root.Send(g.next, end)
 	}
 	root.Send(g.self, &generationDone{chatID: id})
+}
+
+// sendToolCalls sends a tool_calls delta in order with the text. A sequence
+// of text cut at the end of the last emit stays held: it belongs to the text
+// that follows.
+func (g *generation) sendToolCalls(delta string) error {
+	if err := g.ctx.Err(); err != nil {
+		return err
+	}
+	g.system.Root.Send(g.next, &Chunk{ChatId: g.req.ChatId, ToolCalls: delta, ReplyTo: g.req.ReplyTo})
+	return nil
 }
 
 type panicError struct {

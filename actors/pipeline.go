@@ -267,8 +267,9 @@ func (p *pipeline) spawnStages(c actor.Context) {
 		})
 	}
 	modelNext, model := next, instances(p.model, premade, p.spec.Model.New, p.spec.Model.Path)
+	cancelled := p.metrics.cancels.WithLabelValues(p.spec.Name, p.spec.Model.Path)
 	next = spawn(p.spec.Model.Path, false, modelNext, func() actor.Actor {
-		return &modelHost{model: model(), next: modelNext, logger: p.logger}
+		return &modelHost{model: model(), next: modelNext, logger: p.logger, cancelled: cancelled}
 	})
 	for i := len(p.spec.Ingress) - 1; i >= 0; i-- {
 		n, filter := next, instances(p.ingress[i], premade, p.spec.Ingress[i].New, p.spec.Ingress[i].Path)

@@ -3,6 +3,7 @@ package actors_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -104,9 +105,11 @@ func startLayout(t *testing.T, spec actors.PipelineSpec) *harness {
 
 // answer is a chat's outcome as its reply saw it.
 type answer struct {
-	text    string
-	chunks  int
-	failure *actors.Failure
+	text      string
+	chunks    int
+	toolCalls []string
+	end       *actors.End
+	failure   *actors.Failure
 }
 
 // chat runs one chat to its end and returns what came back.
@@ -134,9 +137,14 @@ func collect(ctx context.Context, t *testing.T, reply *actors.Reply) answer {
 		for _, m := range batch {
 			switch m := m.(type) {
 			case *actors.Chunk:
+				if m.ToolCalls != "" {
+					a.toolCalls = append(a.toolCalls, m.ToolCalls)
+					continue
+				}
 				a.text += m.Text
 				a.chunks++
 			case *actors.End:
+				a.end = m
 				return a
 			case *actors.Failure:
 				a.failure = m
@@ -215,16 +223,38 @@ func TestIngressErrorFailsChat(t *testing.T) {
 	}
 }
 
+// A model's error reaches the user as the short reason of an *actors.Error,
+// with its code; any other error's text stays in the log, since an
+// upstream's message may hold internals.
 func TestModelErrorFailsChat(t *testing.T) {
-	h := startLayout(t, actors.PipelineSpec{Model: actors.ModelSpec{New: func() (actors.Model, error) {
-		return actors.ModelFunc(func(_ context.Context, _ *actors.ChatRequest, emit func(string) error) error {
-			_ = emit("partial")
-			return errors.New("upstream said no")
-		}), nil
-	}}})
-	got := h.chat(withTimeout(t, 5*time.Second), "x")
-	if got.text != "partial" || got.failure == nil || got.failure.Reason != "upstream said no" {
-		t.Fatalf("got %+v", got)
+	tests := []struct {
+		name       string
+		err        error
+		wantCode   actors.Code
+		wantReason string
+		wantRetry  uint32
+	}{
+		{"plain error hidden", errors.New("upstream said no: token sk-secret"), actors.Code_CODE_INTERNAL, "the model failed", 0},
+		{"typed error shown", fmt.Errorf("call: %w", &actors.Error{Code: actors.Code_CODE_UNAVAILABLE,
+			Reason: "the model server is unavailable", Err: errors.New("dial tcp: refused")}),
+			actors.Code_CODE_UNAVAILABLE, "the model server is unavailable", 0},
+		{"overloaded with retry-after", &actors.Error{Code: actors.Code_CODE_OVERLOADED, Reason: "busy",
+			RetryAfter: 1500 * time.Millisecond}, actors.Code_CODE_OVERLOADED, "busy", 1500},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := startLayout(t, actors.PipelineSpec{Model: actors.ModelSpec{New: func() (actors.Model, error) {
+				return actors.ModelFunc(func(_ context.Context, _ *actors.ChatRequest, emit func(string) error) error {
+					_ = emit("partial")
+					return tt.err
+				}), nil
+			}}})
+			got := h.chat(withTimeout(t, 5*time.Second), "x")
+			if got.text != "partial" || got.failure == nil || got.failure.Reason != tt.wantReason ||
+				got.failure.Code != tt.wantCode || got.failure.RetryAfterMs != tt.wantRetry {
+				t.Fatalf("got %+v (failure %+v)", got, got.failure)
+			}
+		})
 	}
 }
 

@@ -34,6 +34,8 @@ const (
 	Role_ROLE_USER      Role = 0
 	Role_ROLE_ASSISTANT Role = 1
 	Role_ROLE_SYSTEM    Role = 2
+	// The result of a tool call, answering an assistant message's tool_calls.
+	Role_ROLE_TOOL Role = 3
 )
 
 // Enum value maps for Role.
@@ -42,11 +44,13 @@ var (
 		0: "ROLE_USER",
 		1: "ROLE_ASSISTANT",
 		2: "ROLE_SYSTEM",
+		3: "ROLE_TOOL",
 	}
 	Role_value = map[string]int32{
 		"ROLE_USER":      0,
 		"ROLE_ASSISTANT": 1,
 		"ROLE_SYSTEM":    2,
+		"ROLE_TOOL":      3,
 	}
 )
 
@@ -139,9 +143,16 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 
 // Message is one record of a chat history.
 type Message struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Role          Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=troupe.v1.Role" json:"role,omitempty"`
-	Content       string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Role    Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=troupe.v1.Role" json:"role,omitempty"`
+	Content string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// OpenAI tool calling, passed through to models that speak it: the id of
+	// the call a tool message answers, and an assistant message's tool_calls
+	// as the client sent them (a JSON array).
+	ToolCallId string `protobuf:"bytes,3,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	ToolCalls  string `protobuf:"bytes,4,opt,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The author's name, when the client gave one.
+	Name          string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +197,27 @@ func (x *Message) GetRole() Role {
 func (x *Message) GetContent() string {
 	if x != nil {
 		return x.Content
+	}
+	return ""
+}
+
+func (x *Message) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *Message) GetToolCalls() string {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return ""
+}
+
+func (x *Message) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
@@ -335,10 +367,13 @@ func (x *Begin) GetReplyTo() *actor.PID {
 
 // Chunk is a piece of a chat's output: valid UTF-8, in order.
 type Chunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
-	Text          string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
-	ReplyTo       *actor.PID             `protobuf:"bytes,3,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ChatId  string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	Text    string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	ReplyTo *actor.PID             `protobuf:"bytes,3,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// A tool_calls delta as the upstream sent it (a JSON array), for clients
+	// of the OpenAI API. Filters map text only and pass it on unchanged.
+	ToolCalls     string `protobuf:"bytes,4,opt,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -394,13 +429,26 @@ func (x *Chunk) GetReplyTo() *actor.PID {
 	return nil
 }
 
+func (x *Chunk) GetToolCalls() string {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return ""
+}
+
 // End closes a chat's output stream successfully.
 type End struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
-	ReplyTo       *actor.PID             `protobuf:"bytes,2,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ChatId  string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	ReplyTo *actor.PID             `protobuf:"bytes,2,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// Why the model stopped, in OpenAI's words ("stop", "length",
+	// "tool_calls", ...); empty means "stop".
+	FinishReason string `protobuf:"bytes,3,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
+	// Token counts the model reported; zero when it reported none.
+	PromptTokens     uint32 `protobuf:"varint,4,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens uint32 `protobuf:"varint,5,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *End) Reset() {
@@ -447,14 +495,38 @@ func (x *End) GetReplyTo() *actor.PID {
 	return nil
 }
 
+func (x *End) GetFinishReason() string {
+	if x != nil {
+		return x.FinishReason
+	}
+	return ""
+}
+
+func (x *End) GetPromptTokens() uint32 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *End) GetCompletionTokens() uint32 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
 // Failure closes a chat's output stream with an error. The reason is short
 // and human: it may end up in a user's chat window.
 type Failure struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
-	Code          Code                   `protobuf:"varint,2,opt,name=code,proto3,enum=troupe.v1.Code" json:"code,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	ReplyTo       *actor.PID             `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ChatId  string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	Code    Code                   `protobuf:"varint,2,opt,name=code,proto3,enum=troupe.v1.Code" json:"code,omitempty"`
+	Reason  string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	ReplyTo *actor.PID             `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// For CODE_OVERLOADED: how long the model asked callers to wait, in
+	// milliseconds (an upstream's Retry-After); 0 when it did not say.
+	RetryAfterMs  uint32 `protobuf:"varint,5,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +587,13 @@ func (x *Failure) GetReplyTo() *actor.PID {
 		return x.ReplyTo
 	}
 	return nil
+}
+
+func (x *Failure) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 // Cancel stops a chat: its client went away, or it was aborted.
@@ -816,10 +895,15 @@ var File_troupe_proto protoreflect.FileDescriptor
 
 const file_troupe_proto_rawDesc = "" +
 	"\n" +
-	"\ftroupe.proto\x12\ttroupe.v1\x1a\vactor.proto\"H\n" +
+	"\ftroupe.proto\x12\ttroupe.v1\x1a\vactor.proto\"\x9d\x01\n" +
 	"\aMessage\x12#\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x0f.troupe.v1.RoleR\x04role\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\tR\acontent\"\xb8\x02\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\x12 \n" +
+	"\ftool_call_id\x18\x03 \x01(\tR\n" +
+	"toolCallId\x12\x1d\n" +
+	"\n" +
+	"tool_calls\x18\x04 \x01(\tR\ttoolCalls\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"\xb8\x02\n" +
 	"\vChatRequest\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x16\n" +
 	"\x06layout\x18\x02 \x01(\tR\x06layout\x12,\n" +
@@ -834,22 +918,28 @@ const file_troupe_proto_rawDesc = "" +
 	"\x05Begin\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12%\n" +
 	"\breply_to\x18\x02 \x01(\v2\n" +
-	".actor.PIDR\areplyTo\"[\n" +
+	".actor.PIDR\areplyTo\"z\n" +
 	"\x05Chunk\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12%\n" +
 	"\breply_to\x18\x03 \x01(\v2\n" +
-	".actor.PIDR\areplyTo\"E\n" +
+	".actor.PIDR\areplyTo\x12\x1d\n" +
+	"\n" +
+	"tool_calls\x18\x04 \x01(\tR\ttoolCalls\"\xbc\x01\n" +
 	"\x03End\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12%\n" +
 	"\breply_to\x18\x02 \x01(\v2\n" +
-	".actor.PIDR\areplyTo\"\x86\x01\n" +
+	".actor.PIDR\areplyTo\x12#\n" +
+	"\rfinish_reason\x18\x03 \x01(\tR\ffinishReason\x12#\n" +
+	"\rprompt_tokens\x18\x04 \x01(\rR\fpromptTokens\x12+\n" +
+	"\x11completion_tokens\x18\x05 \x01(\rR\x10completionTokens\"\xac\x01\n" +
 	"\aFailure\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12#\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x0f.troupe.v1.CodeR\x04code\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
 	"\breply_to\x18\x04 \x01(\v2\n" +
-	".actor.PIDR\areplyTo\"9\n" +
+	".actor.PIDR\areplyTo\x12$\n" +
+	"\x0eretry_after_ms\x18\x05 \x01(\rR\fretryAfterMs\"9\n" +
 	"\x06Cancel\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb8\x01\n" +
@@ -872,11 +962,12 @@ const file_troupe_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12/\n" +
 	"\alayouts\x18\x03 \x03(\v2\x15.troupe.v1.LayoutLoadR\alayouts\x12\x1a\n" +
-	"\bdraining\x18\x04 \x01(\bR\bdraining*:\n" +
+	"\bdraining\x18\x04 \x01(\bR\bdraining*I\n" +
 	"\x04Role\x12\r\n" +
 	"\tROLE_USER\x10\x00\x12\x12\n" +
 	"\x0eROLE_ASSISTANT\x10\x01\x12\x0f\n" +
-	"\vROLE_SYSTEM\x10\x02*\x8e\x01\n" +
+	"\vROLE_SYSTEM\x10\x02\x12\r\n" +
+	"\tROLE_TOOL\x10\x03*\x8e\x01\n" +
 	"\x04Code\x12\x11\n" +
 	"\rCODE_INTERNAL\x10\x00\x12\x14\n" +
 	"\x10CODE_UNAVAILABLE\x10\x01\x12\x11\n" +

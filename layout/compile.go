@@ -27,10 +27,12 @@ func Compile(f *File, name string, reg *actors.Registry) (actors.PipelineSpec, e
 			}
 			args := s.Args
 			newFilter := func() (actors.Filter, error) { return kind.New(args) }
-			if _, err := newFilter(); err != nil {
+			probe, err := newFilter()
+			if err != nil {
 				fail(argsPos(s), "%s: %v", kind.Name, err)
 				continue
 			}
+			actors.CloseInstance(probe)
 			out = append(out, actors.FilterSpec{Path: fmt.Sprintf("%s/%d/%s", dir, i, kind.Name), New: newFilter})
 		}
 		return out
@@ -43,8 +45,10 @@ func Compile(f *File, name string, reg *actors.Registry) (actors.PipelineSpec, e
 	} else {
 		args := f.Model.Args
 		newModel := func() (actors.Model, error) { return kind.New(args) }
-		if _, err := newModel(); err != nil {
+		if probe, err := newModel(); err != nil {
 			fail(argsPos(f.Model), "%s: %v", kind.Name, err)
+		} else {
+			actors.CloseInstance(probe)
 		}
 		capacity := kind.Capacity
 		if f.Model.Concurrency > 0 {
