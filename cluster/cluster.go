@@ -489,6 +489,22 @@ func (c *Cluster) Serves(layout string) bool {
 	return false
 }
 
+// Layouts returns the names of the layouts served anywhere in the cluster,
+// sorted: this node's and those its live members announced.
+func (c *Cluster) Layouts() []string {
+	names := make([]string, 0, len(c.layouts))
+	for name := range c.layouts {
+		names = append(names, name)
+	}
+	c.mu.RLock()
+	for _, m := range c.members {
+		names = append(names, m.Meta.GetLayouts()...)
+	}
+	c.mu.RUnlock()
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
 // candidate is a node that could run a chat, with its load as known here.
 type candidate struct {
 	name           string

@@ -47,6 +47,10 @@ type Config struct {
 	// it returns the memory they left free to the OS (at most every 10 s);
 	// default 200ms, negative never.
 	ReleaseMemoryAfter time.Duration
+	// APIKeys, when not empty, are the Bearer tokens the OpenAI-compatible
+	// API accepts; empty leaves it open. The Agent's API never asks for one:
+	// the Agent sends none.
+	APIKeys []string
 	// Gatherer serves /metrics; nil serves prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
 	// Registerer receives the gateway's metrics; nil registers nothing.
@@ -66,6 +70,8 @@ type Server struct {
 	chatSeq      atomic.Uint64
 	layoutSeries sync.Map // layout name to *chatMetrics
 	memory       *memoryReleaser
+	apiKeys      apiKeys
+	started      time.Time
 
 	mu       sync.Mutex
 	draining bool
@@ -125,12 +131,34 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		running:    map[string]runningChat{},
 		memory:     newMemoryReleaser(cfg.ReleaseMemoryAfter, debug.FreeOSMemory),
 		drained:    make(chan struct{}),
+		apiKeys:    newAPIKeys(cfg.APIKeys),
+		started:    time.Now(),
 	}
 	for name := range cfg.Layouts {
 		s.chatMetrics(name)
 	}
 	s.metrics.registration.WithLabelValues(stateUninitialized).Set(1)
-	r := httprouter.New()
+	r, err := s.routes()
+	if err != nil {
+		return nil, err
+	}
+	s.router = r
+	return s, nil
+}
+
+// routes builds the HTTP routes. httprouter panics on paths that clash (an
+// ENDPOINT of "/v1" would put its slots beside /v1/models): that is a bad
+// setting, reported as an error.
+func (s *Server) routes() (r *httprouter.Router, err error) {
+	cfg := s.cfg
+	defer func() {
+		if p := recover(); p != nil {
+			r, err = nil, fmt.Errorf("endpoint %q clashes with another route (%v): choose another ENDPOINT", cfg.Endpoint, p)
+		}
+	}()
+	r = httprouter.New()
+	r.POST(chatCompletionsPath, s.handleChatCompletions)
+	r.GET(modelsPath, s.handleModels)
 	r.POST(cfg.Endpoint, s.handleChat)
 	r.POST(cfg.Endpoint+"/:slot", s.handleChat)
 	// httprouter cannot hold both /abort and /:slot at one level, so the
@@ -140,8 +168,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 	r.GET("/health", s.handleHealth)
 	r.HEAD("/health", s.handleHealth)
 	r.Handler(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
-	s.router = r
-	return s, nil
+	return r, nil
 }
 
 // Handler returns the gateway's HTTP handler.
@@ -222,6 +249,9 @@ type chatMetrics struct {
 	duration    prometheus.Observer
 	outputChars prometheus.Observer
 	outputSpeed prometheus.Observer
+	// Tokens as the model reported them.
+	promptTokens     prometheus.Counter
+	completionTokens prometheus.Counter
 }
 
 // chatMetrics returns a layout's series. The layouts of other nodes are
@@ -232,13 +262,15 @@ func (s *Server) chatMetrics(layout string) *chatMetrics {
 		return m.(*chatMetrics)
 	}
 	m, _ := s.layoutSeries.LoadOrStore(layout, &chatMetrics{
-		completed:   s.metrics.chats.WithLabelValues(layout, outcomeCompleted),
-		queueWait:   s.metrics.queueWait.WithLabelValues(layout),
-		firstChunk:  s.metrics.firstChunk.WithLabelValues(layout),
-		chunkGap:    s.metrics.chunkGap.WithLabelValues(layout),
-		duration:    s.metrics.duration.WithLabelValues(layout),
-		outputChars: s.metrics.outputChars.WithLabelValues(layout),
-		outputSpeed: s.metrics.outputSpeed.WithLabelValues(layout),
+		completed:        s.metrics.chats.WithLabelValues(layout, outcomeCompleted),
+		queueWait:        s.metrics.queueWait.WithLabelValues(layout),
+		firstChunk:       s.metrics.firstChunk.WithLabelValues(layout),
+		chunkGap:         s.metrics.chunkGap.WithLabelValues(layout),
+		duration:         s.metrics.duration.WithLabelValues(layout),
+		outputChars:      s.metrics.outputChars.WithLabelValues(layout),
+		outputSpeed:      s.metrics.outputSpeed.WithLabelValues(layout),
+		promptTokens:     s.metrics.tokens.WithLabelValues(layout, "prompt"),
+		completionTokens: s.metrics.tokens.WithLabelValues(layout, "completion"),
 	})
 	return m.(*chatMetrics)
 }

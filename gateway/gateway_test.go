@@ -59,6 +59,13 @@ type node struct {
 
 func startNode(t *testing.T, spec actors.PipelineSpec) *node {
 	t.Helper()
+	return startNodeWith(t, spec, nil)
+}
+
+// startNodeWith starts a node whose gateway configuration configure may
+// change first.
+func startNodeWith(t *testing.T, spec actors.PipelineSpec, configure func(*gateway.Config)) *node {
+	t.Helper()
 	system := actor.NewActorSystem()
 	t.Cleanup(system.Shutdown)
 	if spec.Name == "" {
@@ -73,11 +80,15 @@ func startNode(t *testing.T, spec actors.PipelineSpec) *node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stopLayout(t, l) })
-	s, err := gateway.New(gateway.Config{
+	cfg := gateway.Config{
 		Layouts:    map[string]*actors.Layout{spec.Name: l},
 		Gatherer:   reg,
 		Registerer: reg,
-	}, system)
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	s, err := gateway.New(cfg, system)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,6 +437,7 @@ func TestSlotURLs(t *testing.T) {
 	}
 }
 
+// counter reads one series of a counter; a series not created yet reads 0.
 func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) prometheus.Collector {
 	return collectorFunc(func(ch chan<- prometheus.Metric) {
 		mfs, err := reg.Gather()
@@ -433,6 +445,12 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 			t.Error(err)
 			return
 		}
+		found := false
+		defer func() {
+			if !found {
+				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, "", nil, nil), prometheus.CounterValue, 0)
+			}
+		}()
 		for _, mf := range mfs {
 			if mf.GetName() != name {
 				continue
@@ -440,6 +458,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 			for _, m := range mf.GetMetric() {
 				for _, l := range m.GetLabel() {
 					if l.GetName() == label && l.GetValue() == value {
+						found = true
 						ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, "", nil, nil),
 							prometheus.CounterValue, m.GetCounter().GetValue())
 					}

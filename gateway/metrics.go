@@ -27,6 +27,7 @@ type metrics struct {
 	duration     *prometheus.HistogramVec
 	outputChars  *prometheus.HistogramVec
 	outputSpeed  *prometheus.HistogramVec
+	tokens       *prometheus.CounterVec
 	layoutLoads  *layoutCollector
 	registration *prometheus.GaugeVec
 	regAttempts  *prometheus.CounterVec
@@ -72,6 +73,10 @@ func newMetrics(reg prometheus.Registerer, layouts map[string]*actors.Layout) *m
 			Name: "troupe_chat_output_characters_per_second", Help: "A completed chat's output characters over its duration.",
 			Buckets: prometheus.ExponentialBuckets(10, 4, 10),
 		}, l),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_chat_tokens_total",
+			Help: "Tokens of completed chats as their model reported them, by kind (prompt, completion).",
+		}, []string{"layout", "kind"}),
 		layoutLoads: &layoutCollector{
 			layouts: layouts,
 			inFlight: prometheus.NewDesc("troupe_chats_in_flight",
@@ -107,7 +112,7 @@ func newMetrics(reg prometheus.Registerer, layouts map[string]*actors.Layout) *m
 	}
 	if reg != nil {
 		reg.MustRegister(m.chats, m.badRequests, m.queueWait, m.firstChunk, m.chunkGap, m.duration,
-			m.outputChars, m.outputSpeed, m.layoutLoads, m.registration, m.regAttempts, m.sent, m.reroutes, m.dispatch)
+			m.outputChars, m.outputSpeed, m.tokens, m.layoutLoads, m.registration, m.regAttempts, m.sent, m.reroutes, m.dispatch)
 	}
 	return m
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -18,6 +19,8 @@ type Router interface {
 	Route(layout, key string, tried []string) (Target, error)
 	// Serves reports whether any node serves layout.
 	Serves(layout string) bool
+	// Layouts lists the layouts served anywhere, sorted.
+	Layouts() []string
 }
 
 // Target is where a chat runs: a local layout, or the chat host of another
@@ -47,6 +50,15 @@ func (r localRouter) Route(layout, _ string, tried []string) (Target, error) {
 		return Target{}, errors.New(h.Reason)
 	}
 	return Target{Node: "local", Local: l, Gone: context.Background()}, nil
+}
+
+func (r localRouter) Layouts() []string {
+	names := make([]string, 0, len(r))
+	for name := range r {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 func (r localRouter) Serves(layout string) bool {

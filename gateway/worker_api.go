@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -58,7 +56,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, ps httproute
 	if hid, uid := r.PostForm.Get("history_id"), r.PostForm.Get("user_id"); hid != "" || uid != "" {
 		key = hid + "\x00" + uid
 	}
-	s.serveChat(w, r, req, key, slot)
+	s.serveChat(r, req, key, slot, newTextAnswer(w, req.ChatId))
 }
 
 func parseForm(r *http.Request) error {
@@ -110,7 +108,7 @@ var (
 // whatever happens in the actors or to other nodes, it answers exactly once.
 // A chat that has written nothing yet is tried on another node when its node
 // is full or goes away.
-func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.ChatRequest, key, slot string) {
+func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot string, out answer) {
 	// One context carries every reason to stop the chat, each as its
 	// cause: the client going away, an abort or drain, the time limit, the
 	// layout failing. Nothing reads its deadline, so a timer that cancels it
@@ -118,7 +116,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.C
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	if !s.track(req.ChatId, slot, cancel) {
-		s.reject(w, req.Layout, http.StatusServiceUnavailable, "This worker is shutting down; please try again.")
+		s.reject(out, req.Layout, http.StatusServiceUnavailable, "This worker is shutting down; please try again.", 0)
 		return
 	}
 	defer s.untrack(req.ChatId)
@@ -127,24 +125,24 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.C
 	timeout := time.AfterFunc(s.cfg.ChatTimeout, func() { cancel(errChatTimeout) })
 	defer timeout.Stop()
 
-	out := &chatWriter{w: w, flusher: flusherOf(w), chatID: req.ChatId}
 	m := s.chatMetrics(req.Layout)
 	var tried []string
+	// The longest wait an overloaded model asked for, told to the client
+	// when every node refused.
+	var retryAfter time.Duration
 	for {
 		target, err := s.cfg.Router.Route(req.Layout, key, tried)
 		switch {
-		case errors.Is(err, actors.ErrOverloaded):
-			s.reject(w, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.")
-			return
-		case err != nil && len(tried) > 0:
-			// Every node that could take it refused or went away.
-			s.reject(w, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.")
+		case errors.Is(err, actors.ErrOverloaded), err != nil && len(tried) > 0:
+			// Every node that could take it is full, refused or went away.
+			s.reject(out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", retryAfter)
 			return
 		case err != nil:
-			s.reject(w, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err))
+			s.reject(out, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err), 0)
 			return
 		}
-		outcome := s.runOn(ctx, cancel, target, req, out, m, start)
+		outcome, wait := s.runOn(ctx, cancel, target, req, out, m, start)
+		retryAfter = max(retryAfter, wait)
 		if outcome == outcomeRetry {
 			tried = append(tried, target.Node)
 			s.metrics.reroutes.Inc()
@@ -158,18 +156,20 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, req *actors.C
 // outcomeRetry is runOn's word for "nothing was written, try another node".
 const outcomeRetry = "retry"
 
-// runOn runs a chat on one target and returns its outcome. ctx and cancel
-// are the chat's own: a failed layout ends the chat, while a node gone ends
-// only this attempt, which may then be retried elsewhere.
-func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, target Target, req *actors.ChatRequest, out *chatWriter, m *chatMetrics, start time.Time) string {
+// runOn runs a chat on one target and returns its outcome, and for a retry
+// how long the model asked to wait. ctx and cancel are the chat's own: a
+// failed layout ends the chat, while a node gone ends only this attempt,
+// which may then be retried elsewhere.
+func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, target Target, req *actors.ChatRequest, out answer, m *chatMetrics, start time.Time) (string, time.Duration) {
 	var dest *actor.PID
+	st := out.state()
 	if l := target.Local; l != nil {
 		queued := time.Now()
 		if err := l.Admission.Acquire(ctx); err != nil {
 			if errors.Is(err, actors.ErrOverloaded) {
-				return outcomeRetry
+				return outcomeRetry, 0
 			}
-			return outcomeCancelled
+			return outcomeCancelled, 0
 		}
 		defer l.Admission.Release()
 		m.queueWait.Observe(time.Since(queued).Seconds())
@@ -187,7 +187,7 @@ func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, targ
 			// A chat already streaming from a silent node keeps waiting: the
 			// node may only be slow, and Gone ends the wait if it died.
 			defer context.AfterFunc(target.Silent, func() {
-				if !out.written.Load() {
+				if !st.written.Load() {
 					cancelAttempt(errNodeGone)
 				}
 			})()
@@ -197,27 +197,28 @@ func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, targ
 	reply := actors.NewReply(s.system, req.ChatId)
 	defer reply.Close()
 	req.ReplyTo = reply.PID()
-	out.node = target.Node
+	st.node = target.Node
 	var sent time.Time
 	if target.Remote != nil {
 		sent = time.Now()
 	}
 	s.system.Root.Send(dest, req)
-	outcome := s.stream(ctx, reply, out, req.Layout, m, start, sent)
+	outcome, wait := s.stream(ctx, reply, out, req.Layout, m, start, sent)
 	if outcome != outcomeCompleted && outcome != outcomeFailed {
 		s.system.Root.Send(dest, &actors.Cancel{ChatId: req.ChatId, Reason: outcome})
 	}
-	return outcome
+	return outcome, wait
 }
 
-func (s *Server) record(req *actors.ChatRequest, outcome string, out *chatWriter, m *chatMetrics, start time.Time) {
+func (s *Server) record(req *actors.ChatRequest, outcome string, out answer, m *chatMetrics, start time.Time) {
+	runes := out.state().runes
 	if outcome == outcomeCompleted {
 		m.completed.Inc()
 		elapsed := time.Since(start).Seconds()
 		m.duration.Observe(elapsed)
-		m.outputChars.Observe(float64(out.runes))
+		m.outputChars.Observe(float64(runes))
 		if elapsed > 0 {
-			m.outputSpeed.Observe(float64(out.runes) / elapsed)
+			m.outputSpeed.Observe(float64(runes) / elapsed)
 		}
 	} else {
 		s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
@@ -225,23 +226,25 @@ func (s *Server) record(req *actors.ChatRequest, outcome string, out *chatWriter
 	// Checked first because building the arguments costs allocations
 	// even when the line is dropped.
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
-		s.logger.Debug("chat done", "chat", req.ChatId, "layout", req.Layout, "outcome", outcome, "runes", out.runes)
+		s.logger.Debug("chat done", "chat", req.ChatId, "layout", req.Layout, "outcome", outcome, "runes", runes)
 	}
 }
 
 // stream copies a chat's answer from its reply to the client until the
-// terminal message or the end of ctx, and returns the chat's outcome. sent
-// is when a chat was sent to another node, zero for a local one.
-func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWriter, layout string, m *chatMetrics, start, sent time.Time) string {
+// terminal message or the end of ctx, and returns the chat's outcome, and
+// for a retry how long the model asked to wait. sent is when a chat was sent
+// to another node, zero for a local one.
+func (s *Server) stream(ctx context.Context, reply *actors.Reply, out answer, layout string, m *chatMetrics, start, sent time.Time) (string, time.Duration) {
 	var last time.Time
+	st := out.state()
 	for {
 		batch, err := reply.Receive(ctx)
 		if err != nil {
 			cause := context.Cause(ctx)
-			if errors.Is(cause, errNodeGone) && !out.started {
-				return outcomeRetry
+			if errors.Is(cause, errNodeGone) && !st.started {
+				return outcomeRetry, 0
 			}
-			return out.interrupted(cause)
+			return interrupted(out, cause), 0
 		}
 		for _, msg := range batch {
 			switch msg := msg.(type) {
@@ -257,17 +260,24 @@ func (s *Server) stream(ctx context.Context, reply *actors.Reply, out *chatWrite
 					m.chunkGap.Observe(now.Sub(last).Seconds())
 				}
 				last = now
-				out.write(msg.Text)
-			case *actors.End:
-				out.start(http.StatusOK)
-				return outcomeCompleted
-			case *actors.Failure:
-				if msg.Code == actors.Code_CODE_OVERLOADED && !out.started {
-					return outcomeRetry
+				if msg.ToolCalls != "" {
+					out.toolCalls(msg.ToolCalls)
+				} else {
+					out.text(msg.Text)
 				}
-				s.logger.Warn("chat failed", "chat", out.chatID, "layout", layout, "reason", msg.Reason)
+			case *actors.End:
+				m.promptTokens.Add(float64(msg.PromptTokens))
+				m.completionTokens.Add(float64(msg.CompletionTokens))
+				out.end(msg)
+				return outcomeCompleted, 0
+			case *actors.Failure:
+				wait := time.Duration(msg.RetryAfterMs) * time.Millisecond
+				if msg.Code == actors.Code_CODE_OVERLOADED && !st.started {
+					return outcomeRetry, wait
+				}
+				s.logger.Warn("chat failed", "chat", st.chatID, "layout", layout, "reason", msg.Reason)
 				out.fail(statusFor(msg.Code), msg.Reason)
-				return outcomeFailed
+				return outcomeFailed, 0
 			}
 		}
 		out.flush()
@@ -282,105 +292,17 @@ func statusFor(code actors.Code) int {
 		return http.StatusServiceUnavailable
 	case actors.Code_CODE_DEADLINE_EXCEEDED:
 		return http.StatusGatewayTimeout
+	case actors.Code_CODE_OVERLOADED:
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusInternalServerError
 	}
 }
 
-// chatWriter writes one chat's answer. Its status is sent with the first
-// chunk, so that a chat that fails before any output gets an error status,
-// while one that fails later ends its body with a short note instead.
-type chatWriter struct {
-	w       http.ResponseWriter
-	flusher http.Flusher
-	chatID  string
-	node    string // the node that runs the chat, for the X-Troupe-Node header
-	started bool
-	// written mirrors started for other goroutines: a silent node's chat
-	// may move elsewhere only while nothing went to the client.
-	written atomic.Bool
-	runes   int
-}
-
-func flusherOf(w http.ResponseWriter) http.Flusher {
-	f, _ := w.(http.Flusher)
-	return f
-}
-
-func (c *chatWriter) start(status int) {
-	if c.started {
-		return
-	}
-	c.started = true
-	c.written.Store(true)
-	h := c.w.Header()
-	// Shared values instead of Set, which allocates a slice per header per
-	// chat: net/http copies them when it writes the header, and an Add
-	// appends to a full slice, which copies it too.
-	h["Content-Type"] = textPlain
-	h["Cache-Control"] = noCache
-	h["X-Content-Type-Options"] = noSniff
-	h["X-Accel-Buffering"] = no
-	h.Set("X-Chat-Id", c.chatID)
-	if c.node != "" {
-		h.Set("X-Troupe-Node", c.node)
-	}
-	c.w.WriteHeader(status)
-}
-
-var (
-	textPlain = []string{"text/plain; charset=utf-8"}
-	noCache   = []string{"no-cache"}
-	noSniff   = []string{"nosniff"}
-	no        = []string{"no"}
-)
-
-func (c *chatWriter) write(text string) {
-	c.start(http.StatusOK)
-	c.runes += utf8.RuneCountInString(text)
-	_, _ = io.WriteString(c.w, text)
-}
-
-func (c *chatWriter) flush() {
-	if c.started && c.flusher != nil {
-		c.flusher.Flush()
-	}
-}
-
-func (c *chatWriter) fail(status int, reason string) {
-	if !c.started {
-		c.start(status)
-		_, _ = fmt.Fprintf(c.w, "Error: %s.\n", reason)
-		return
-	}
-	_, _ = fmt.Fprintf(c.w, "\n\n[Error: %s.]\n", reason)
-}
-
-// interrupted ends the answer of a chat whose context ended and returns the
-// outcome that names why.
-func (c *chatWriter) interrupted(cause error) string {
-	switch {
-	case errors.Is(cause, errAborted):
-		c.start(http.StatusOK)
-		return outcomeAborted
-	case errors.Is(cause, errChatTimeout):
-		c.fail(http.StatusGatewayTimeout, cause.Error())
-		return outcomeTimedOut
-	case errors.Is(cause, errLayoutFailed), errors.Is(cause, errShutdown), errors.Is(cause, errNodeGone):
-		c.fail(http.StatusServiceUnavailable, cause.Error())
-		return outcomeFailed
-	default: // the client went away; nobody is left to read an answer
-		return outcomeCancelled
-	}
-}
-
 // reject answers a chat that never reached a layout.
-func (s *Server) reject(w http.ResponseWriter, layout string, status int, msg string) {
+func (s *Server) reject(out answer, layout string, status int, msg string, retryAfter time.Duration) {
 	s.metrics.chats.WithLabelValues(layout, outcomeRejected).Inc()
-	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
-	}
-	http.Error(w, msg, status)
+	out.reject(status, msg, retryAfter)
 }
 
 func (s *Server) badRequest(w http.ResponseWriter, status int, reason, msg string) {

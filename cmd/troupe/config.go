@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,9 @@ type config struct {
 	RemotePort int
 	Join       string
 	ClusterKey string
+
+	APIKeys     string
+	APIKeysFile string
 }
 
 // defaultPort is the port a node listens on when PORT is not set.
@@ -65,6 +69,8 @@ func settings(c *config) []setting {
 		{"remote-port", "REMOTE_PORT", "the port chats and chunks travel between nodes on (gRPC); 0 picks a free one", (*intValue)(&c.RemotePort)},
 		{"join", "JOIN", "comma-separated gossip addresses of members to join; a DNS name stands for all its addresses", (*stringValue)(&c.Join)},
 		{"cluster-key", "CLUSTER_KEY", "encrypts gossip: base64 of a 16, 24 or 32 byte key, or a passphrase of 12+ characters", (*stringValue)(&c.ClusterKey)},
+		{"api-keys", "API_KEYS", "comma-separated Bearer keys the OpenAI-compatible API requires (default: none, the API is open)", (*stringValue)(&c.APIKeys)},
+		{"api-keys-file", "API_KEYS_FILE", "a file of Bearer keys for the OpenAI-compatible API, one a line (# starts a comment)", (*stringValue)(&c.APIKeysFile)},
 	}
 }
 
@@ -122,6 +128,29 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return c, fmt.Errorf("LLM name is empty")
 	}
 	return c, nil
+}
+
+// apiKeys reads the OpenAI API's keys from the setting and the file.
+func (c config) apiKeys() ([]string, error) {
+	keys := splitList(c.APIKeys)
+	if c.APIKeysFile == "" {
+		return keys, nil
+	}
+	data, err := os.ReadFile(c.APIKeysFile)
+	if err != nil {
+		return nil, fmt.Errorf("API_KEYS_FILE: %w", err)
+	}
+	n := len(keys)
+	for _, line := range strings.Split(string(data), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); line != "" {
+			keys = append(keys, line)
+		}
+	}
+	if len(keys) == n {
+		return nil, fmt.Errorf("API_KEYS_FILE %s holds no key", c.APIKeysFile)
+	}
+	return keys, nil
 }
 
 // defaultBind listens where the node said it can be reached: on loopback

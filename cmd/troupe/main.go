@@ -24,7 +24,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/troupe-llm/troupe/actors"
+	_ "github.com/troupe-llm/troupe/actors/command"
 	_ "github.com/troupe-llm/troupe/actors/dummy"
+	_ "github.com/troupe-llm/troupe/actors/kuwa"
 	_ "github.com/troupe-llm/troupe/actors/opencc"
 	_ "github.com/troupe-llm/troupe/actors/reflect"
 	"github.com/troupe-llm/troupe/cluster"
@@ -74,6 +76,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		buildInfo(),
 	)
 
+	apiKeys, err := cfg.apiKeys()
+	if err != nil {
+		return err
+	}
 	file, err := layout.Load(cfg.LayoutConfig)
 	if err != nil {
 		return err
@@ -140,6 +146,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Layouts:     layouts,
 		Router:      router{node},
 		ChatTimeout: cfg.ChatTimeout,
+		APIKeys:     apiKeys,
 		Gatherer:    reg,
 		Registerer:  reg,
 		Logger:      logger,
@@ -277,6 +284,8 @@ func (r router) Route(layout, key string, tried []string) (gateway.Target, error
 }
 
 func (r router) Serves(layout string) bool { return r.c.Serves(layout) }
+
+func (r router) Layouts() []string { return r.c.Layouts() }
 
 func splitList(s string) []string {
 	var out []string
