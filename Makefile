@@ -1,6 +1,7 @@
 # make run   runs a node on the built-in example layout.
-# make test  installs the Debian packages the tests need (when missing),
-#            then vets and runs every test with the race detector.
+# make test  installs the Debian packages and the Ollama server the tests
+#            need (when missing), then vets and runs every test with the
+#            race detector.
 
 # opencc: the reference converter the OpenCC tests compare against.
 # manpages-zh, gettext and the packages with zh_CN/zh_TW catalogues (git,
@@ -10,11 +11,12 @@
 # prometheus: the server the metrics test scrapes a node with.
 # util-linux: taskset, which pins the load benchmark's processes to cores.
 # iproute2: ss, which the listening-address test reads sockets with.
-DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2
+# gcc, g++: cgo, to build Ollama (below).
+DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2 gcc g++
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps vet build proto bench
+.PHONY: run test deps ollama vet build proto bench
 
 run:
 	go run ./cmd/troupe
@@ -32,11 +34,21 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# ollama: the inference server internal/ollamatest runs for the tests that
+# need a real one, installed with go install when missing. It is built from
+# source (llama.cpp through cgo, CPU only, gcc and g++): several minutes the
+# first time.
+ollama: deps
+	@test -x "$$(go env GOPATH | cut -d: -f1)/bin/ollama" || { \
+		echo "installing ollama v0.6.5 with go install: this takes several minutes the first time"; \
+		CGO_ENABLED=1 go install github.com/ollama/ollama@v0.6.5; \
+	}
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
 
-test: deps vet
+test: deps ollama vet
 	go test -race ./...
 
 # proto regenerates actors/troupe.pb.go (needs protoc and protoc-gen-go).

@@ -22,6 +22,14 @@ type Model interface {
 	Generate(ctx context.Context, req *ChatRequest, emit func(text string) error) error
 }
 
+// Sized is a model whose arguments say how many chats it serves at once (an
+// upstream's parallel slots), so that a layout need not repeat the number:
+// the layout compiler takes it over the kind's Capacity. A layout's own
+// concurrency key still wins.
+type Sized interface {
+	Capacity() int
+}
+
 // ModelFunc adapts a function to a Model, as http.HandlerFunc does for
 // handlers.
 type ModelFunc func(ctx context.Context, req *ChatRequest, emit func(text string) error) error

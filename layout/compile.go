@@ -45,12 +45,15 @@ func Compile(f *File, name string, reg *actors.Registry) (actors.PipelineSpec, e
 	} else {
 		args := f.Model.Args
 		newModel := func() (actors.Model, error) { return kind.New(args) }
+		capacity := kind.Capacity
 		if probe, err := newModel(); err != nil {
 			fail(argsPos(f.Model), "%s: %v", kind.Name, err)
 		} else {
+			if sized, ok := probe.(actors.Sized); ok && sized.Capacity() > 0 {
+				capacity = sized.Capacity()
+			}
 			actors.CloseInstance(probe)
 		}
-		capacity := kind.Capacity
 		if f.Model.Concurrency > 0 {
 			capacity = f.Model.Concurrency
 		}

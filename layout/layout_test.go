@@ -1,6 +1,7 @@
 package layout_test
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -145,4 +146,56 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("parsed without a model class")
 		}
 	})
+}
+
+// sizedModel says its capacity from its arguments and counts its Closes.
+type sizedModel struct {
+	slots  int
+	closed *int
+}
+
+func (m sizedModel) Generate(context.Context, *actors.ChatRequest, func(string) error) error {
+	return nil
+}
+func (m sizedModel) Capacity() int { return m.slots }
+func (m sizedModel) Close() error  { *m.closed++; return nil }
+
+// A model's concurrency argument sets the layout's capacity (the layout's
+// own key still wins), and the instance built to check the arguments is
+// closed.
+func TestCapacityFromArgumentsAndProbeClosed(t *testing.T) {
+	closed := 0
+	reg := actors.NewRegistry()
+	reg.RegisterModel(actors.ModelKind{Name: "sized", Capacity: 1, New: func(args actors.Args) (actors.Model, error) {
+		var a struct {
+			Concurrency int `json:"concurrency"`
+		}
+		if err := args.Decode(&a); err != nil {
+			return nil, err
+		}
+		return sizedModel{slots: a.Concurrency, closed: &closed}, nil
+	}})
+	for _, tt := range []struct {
+		yaml string
+		want int
+	}{
+		{"version: 1\nllm:\n  class: sized\n", 1},
+		{"version: 1\nllm:\n  class: sized\n  args: {concurrency: 6}\n", 6},
+		{"version: 1\nllm:\n  class: sized\n  args: {concurrency: 6}\n  concurrency: 2\n", 2},
+	} {
+		f, err := layout.Parse("l.yaml", []byte(tt.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, err := layout.Compile(f, "llm", reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.Model.Capacity != tt.want || spec.Model.Queue != 4*tt.want {
+			t.Errorf("%q: capacity %d queue %d, want %d and %d", tt.yaml, spec.Model.Capacity, spec.Model.Queue, tt.want, 4*tt.want)
+		}
+	}
+	if closed != 3 {
+		t.Errorf("probe instances closed %d times, want 3", closed)
+	}
 }

@@ -171,6 +171,10 @@ func newModel(a Args) (*Model, error) {
 	}, nil
 }
 
+// Capacity is the concurrency argument: the layout admits as many chats as
+// the executor takes.
+func (m *Model) Capacity() int { return cap(m.slots) }
+
 // Close releases the instance's idle connections. Chats still running keep
 // theirs until they end; Close may be called more than once.
 func (m *Model) Close() error {
@@ -277,9 +281,8 @@ func validHeaderName(name string) bool {
 func init() {
 	actors.RegisterModel(actors.ModelKind{
 		Name: "kuwa",
-		// One chat at a time, as a Kuwa executor serves by default; a layout
-		// whose executor takes more sets llm.concurrency along with the
-		// concurrency argument.
+		// One chat at a time, as a Kuwa executor serves by default; the
+		// concurrency argument raises it (Model.Capacity).
 		Capacity: DefaultConcurrency,
 		New:      New,
 	})
