@@ -469,4 +469,3 @@ func (n *node) postJSON(ctx context.Context, path, body, auth string) *http.Resp
 	}
 	return resp
 }
-

@@ -7,7 +7,10 @@ import (
 	"testing"
 
 	"github.com/troupe-llm/troupe/actors"
+	_ "github.com/troupe-llm/troupe/actors/command"
 	_ "github.com/troupe-llm/troupe/actors/dummy"
+	_ "github.com/troupe-llm/troupe/actors/kuwa"
+	_ "github.com/troupe-llm/troupe/actors/openai"
 	_ "github.com/troupe-llm/troupe/actors/opencc"
 	_ "github.com/troupe-llm/troupe/actors/reflect"
 	"github.com/troupe-llm/troupe/layout"
@@ -26,6 +29,37 @@ func TestExampleLayoutsCompile(t *testing.T) {
 			}
 			if spec.Model.Capacity < 16 {
 				t.Errorf("capacity %d, want at least 16 for a built-in kind", spec.Model.Capacity)
+			}
+		})
+	}
+}
+
+// The upstream examples compile offline (no kind calls its server at load
+// time), with the capacity their comments promise.
+func TestUpstreamExamplesCompile(t *testing.T) {
+	t.Setenv("OPENAI_API_KEY", "sk-test")
+	for _, tt := range []struct {
+		path     string
+		capacity int
+	}{
+		{"../examples/vllm.yaml", 64},
+		{"../examples/llamacpp.yaml", 4},
+		{"../examples/ollama.yaml", 4},
+		{"../examples/hosted.yaml", 32},
+		{"../examples/kuwa.yaml", 1},
+		{"../examples/command.yaml", 4},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			f, err := layout.Load(tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec, err := layout.Compile(f, "llm", actors.DefaultRegistry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spec.Model.Capacity != tt.capacity {
+				t.Errorf("capacity %d, want %d", spec.Model.Capacity, tt.capacity)
 			}
 		})
 	}

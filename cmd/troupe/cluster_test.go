@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/troupe-llm/troupe/actors"
 	"github.com/troupe-llm/troupe/internal/agenttest"
 )
 
@@ -289,7 +290,7 @@ func TestClusterRefusesOtherProtocol(t *testing.T) {
 	odd := startMember(t, "node-odd", layoutFile, a)
 	binary = saved
 	waitFor(t, func() bool {
-		return strings.Contains(a.stderr.String(), "node node-odd speaks message protocol v999, this node v1")
+		return strings.Contains(a.stderr.String(), fmt.Sprintf("node node-odd speaks message protocol v999, this node v%d", actors.ProtocolVersion))
 	}, "node-a to refuse node-odd with a clear log line")
 	if n := a.metric(t, `troupe_cluster_members{state="alive"}`); n != 1 {
 		t.Fatalf("node-a sees %v alive members", n)

@@ -27,6 +27,7 @@ import (
 	_ "github.com/troupe-llm/troupe/actors/command"
 	_ "github.com/troupe-llm/troupe/actors/dummy"
 	_ "github.com/troupe-llm/troupe/actors/kuwa"
+	_ "github.com/troupe-llm/troupe/actors/openai"
 	_ "github.com/troupe-llm/troupe/actors/opencc"
 	_ "github.com/troupe-llm/troupe/actors/reflect"
 	"github.com/troupe-llm/troupe/cluster"
