@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -98,6 +99,41 @@ func FuzzParseHistory(f *testing.F) {
 		}
 		if !json.Valid([]byte(input)) {
 			t.Fatalf("accepted invalid JSON %q", input)
+		}
+	})
+}
+
+func FuzzParseChatCompletion(f *testing.F) {
+	for _, seed := range []string{
+		`{"model":"m","messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"}]}]}`,
+		`{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"x"}],"tools":[],"temperature":0.5,"stop":["a"]}`,
+		`{}`, `[]`, `null`, `{"model":"m","messages":[{"role":"user"}]}`, "\xff", `{"model":"m","messages":[]} {}`,
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		cr, req, err := parseChatCompletion([]byte(body))
+		if err != nil {
+			var re *requestError
+			if !errors.As(err, &re) {
+				t.Fatalf("error %v is not a requestError", err)
+			}
+			if msg := re.Error(); len(msg) > 300 || !utf8.ValidString(msg) {
+				t.Fatalf("error message not short and readable: %q", msg)
+			}
+			return
+		}
+		if !json.Valid([]byte(body)) {
+			t.Fatalf("accepted %q, which is not one JSON value", body)
+		}
+		if cr.Model == "" || req.Layout != cr.Model || len(req.History) == 0 || len(req.History) != len(cr.Messages) {
+			t.Fatalf("accepted %q as %+v", body, req)
+		}
+		for k, v := range req.Params {
+			if k == "" || v == "" {
+				t.Fatalf("empty parameter %q=%q from %q", k, v, body)
+			}
 		}
 	})
 }

@@ -69,7 +69,7 @@ func parseChatCompletion(body []byte) (*chatCompletionRequest, *actors.ChatReque
 	if err := dec.Decode(&cr); err != nil {
 		return nil, nil, &requestError{msg: "The body is not a JSON chat completion request (" + shortJSONError(err) + ")."}
 	}
-	if dec.More() {
+	if rest := bytes.TrimSpace(body[dec.InputOffset():]); len(rest) > 0 {
 		return nil, nil, &requestError{msg: "The body holds more than one JSON value."}
 	}
 	if strings.TrimSpace(cr.Model) == "" {
@@ -113,7 +113,7 @@ func toMessage(m openaiMessage) (*actors.Message, error) {
 	case "":
 		return nil, errors.New("missing role")
 	default:
-		return nil, fmt.Errorf("unknown role %q (want system, developer, user, assistant or tool)", m.Role)
+		return nil, fmt.Errorf("unknown role %q (want system, developer, user, assistant or tool)", clip(m.Role))
 	}
 	if len(m.ToolCalls) > 0 && !isNull(m.ToolCalls) {
 		if m.Role != "assistant" {
@@ -161,12 +161,20 @@ func contentText(raw json.RawMessage) (*string, error) {
 	var b strings.Builder
 	for _, p := range parts {
 		if p.Type != "text" || p.Text == nil {
-			return nil, fmt.Errorf("content part of type %q is not supported: send text", p.Type)
+			return nil, fmt.Errorf("content part of type %q is not supported: send text", clip(p.Type))
 		}
 		b.WriteString(*p.Text)
 	}
 	s = b.String()
 	return &s, nil
+}
+
+// clip shortens a client's value quoted in an error message.
+func clip(s string) string {
+	if len(s) <= 40 {
+		return s
+	}
+	return strings.ToValidUTF8(s[:40], "") + "…"
 }
 
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
