@@ -6,8 +6,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
@@ -98,8 +96,7 @@ func TestOllamaBehindTroupe(t *testing.T) {
 		t.Errorf("through the Agent's API: status %d\n%q\nwant the server's\n%q", status, body, want)
 	}
 
-	metrics := node.metrics(t)
-	if n := metricValue(t, metrics, `troupe_chat_tokens_total{kind="completion",layout="tiny-llm"}`); n != 3*float64(wantUsage.CompletionTokens) {
+	if n := node.metric(t, `troupe_chat_tokens_total{kind="completion",layout="tiny-llm"}`); n != 3*float64(wantUsage.CompletionTokens) {
 		t.Errorf("completion tokens counted %v, want %d", n, 3*wantUsage.CompletionTokens)
 	}
 }
@@ -145,37 +142,7 @@ func TestOllamaHangUpStopsGeneration(t *testing.T) {
 	if took > 5*time.Second {
 		t.Fatalf("the server generated for %v after a hang-up: the upstream request was not closed", took)
 	}
-	waitForMetric(t, node, `troupe_model_cancel_seconds_count{actor="model/openai",layout="tiny-llm"}`, 1)
-}
-
-var metricLine = regexp.MustCompile(`(?m)^(\S+) (\S+)$`)
-
-// metricValue reads one series from Prometheus text; a missing one is 0.
-func metricValue(t *testing.T, text, series string) float64 {
-	t.Helper()
-	for _, m := range metricLine.FindAllStringSubmatch(text, -1) {
-		if m[1] == series {
-			v, err := strconv.ParseFloat(m[2], 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-	}
-	return 0
-}
-
-func waitForMetric(t *testing.T, p *process, series string, want float64) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := metricValue(t, p.metrics(t), series)
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s = %v, want %v", series, got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, func() bool {
+		return node.metric(t, `troupe_model_cancel_seconds_count{actor="model/openai",layout="tiny-llm"}`) == 1
+	}, "the cancel observed in troupe_model_cancel_seconds")
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/troupe-llm/troupe/actors"
+
 	"encoding/json"
 	"fmt"
 	"net"
@@ -93,9 +95,9 @@ scrape_configs:
 		`troupe_layout_healthy{layout="test-llm"}`:                                                    1,
 		`troupe_chat_duration_seconds_count{layout="test-llm"}`:                                       3,
 		`troupe_chat_output_characters_sum{layout="test-llm"}`:                                        6,
-		`count(troupe_build_info{protocol="1"})`:                                                      1,
 		`troupe_actor_processing_seconds_count{layout="test-llm",actor="ingress/0/opencc"} >= bool 3`: 1,
 	}
+	want[fmt.Sprintf(`count(troupe_build_info{protocol="%d"})`, actors.ProtocolVersion)] = 1
 	for q, v := range want {
 		waitFor(t, func() bool {
 			got, ok := query(q)
