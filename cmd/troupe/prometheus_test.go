@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/troupe-llm/troupe/actors"
-
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,6 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/troupe-llm/troupe/actors"
 )
 
 // A real Prometheus server scrapes a node: the series the README documents
