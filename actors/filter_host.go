@@ -1,6 +1,8 @@
 package actors
 
 import (
+	"time"
+
 	"github.com/asynkron/protoactor-go/actor"
 )
 
@@ -8,7 +10,9 @@ import (
 // the way to the model. It keeps no per-chat state.
 type ingressHost struct {
 	filter Filter
-	next   *actor.PID
+	next   *actor.PID // the next ingress filter, or the pipeline's core
+	out    *actor.PID // where the pipeline's output goes, for a rejected chat; nil: the request says
+	am     *actorMetrics
 }
 
 func (h *ingressHost) Receive(c actor.Context) {
@@ -16,10 +20,11 @@ func (h *ingressHost) Receive(c actor.Context) {
 	case *ChatRequest:
 		history, err := h.filter.MapHistory(msg.History)
 		if err != nil {
-			c.Send(msg.ReplyTo, &Failure{ChatId: msg.ChatId, Code: Code_CODE_INVALID_ARGUMENT, Reason: err.Error(), ReplyTo: msg.ReplyTo})
+			c.Send(outputOf(msg, h.out), &Failure{ChatId: msg.ChatId, Code: Code_CODE_INVALID_ARGUMENT, Reason: err.Error(), ReplyTo: msg.ReplyTo})
 			return
 		}
 		msg.History = history
+		pass(h.am, msg)
 		c.Send(h.next, msg)
 	case *Cancel:
 		// Cancel follows its chat's request down the same path, so it never
@@ -32,8 +37,18 @@ func (h *ingressHost) Receive(c actor.Context) {
 // It keeps one Stream per chat between Begin and End or Failure.
 type egressHost struct {
 	filter  Filter
-	next    *actor.PID // the next egress filter, or nil for the chat's reply
-	streams map[string]Stream
+	next    *actor.PID // the next egress filter, the pipeline, or nil for the chat's reply
+	am      *actorMetrics
+	streams map[string]*egressStream
+}
+
+// egressStream is one chat's stream state, and when its first text came in
+// while nothing has gone out yet: what the filter holds back at the start
+// is its share of the time to first chunk.
+type egressStream struct {
+	Stream
+	firstIn int64
+	started bool
 }
 
 func (h *egressHost) to(replyTo *actor.PID) *actor.PID {
@@ -47,9 +62,9 @@ func (h *egressHost) Receive(c actor.Context) {
 	switch msg := c.Message().(type) {
 	case *Begin:
 		if h.streams == nil {
-			h.streams = map[string]Stream{}
+			h.streams = map[string]*egressStream{}
 		}
-		h.streams[msg.ChatId] = h.filter.NewStream()
+		h.streams[msg.ChatId] = &egressStream{Stream: h.filter.NewStream()}
 		c.Send(h.to(msg.ReplyTo), msg)
 	case *Chunk:
 		s, ok := h.streams[msg.ChatId]
@@ -63,7 +78,11 @@ func (h *egressHost) Receive(c actor.Context) {
 			c.Send(h.to(msg.ReplyTo), msg)
 			return
 		}
+		if s.firstIn == 0 {
+			s.firstIn = time.Now().UnixNano()
+		}
 		if out := s.Write(msg.Text); out != "" {
+			h.started(s)
 			msg.Text = out
 			c.Send(h.to(msg.ReplyTo), msg)
 		}
@@ -75,12 +94,23 @@ func (h *egressHost) Receive(c actor.Context) {
 		}
 		delete(h.streams, msg.ChatId)
 		if out := s.Flush(); out != "" {
+			h.started(s)
 			c.Send(h.to(msg.ReplyTo), &Chunk{ChatId: msg.ChatId, Text: out, ReplyTo: msg.ReplyTo})
 		}
 		c.Send(h.to(msg.ReplyTo), msg)
 	case *Failure:
 		delete(h.streams, msg.ChatId)
 		c.Send(h.to(msg.ReplyTo), msg)
+	}
+}
+
+func (h *egressHost) started(s *egressStream) {
+	if s.started {
+		return
+	}
+	s.started = true
+	if h.am != nil {
+		h.am.firstChunk.Observe(float64(time.Now().UnixNano()-s.firstIn) / 1e9)
 	}
 }
 

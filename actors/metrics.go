@@ -17,6 +17,8 @@ type Metrics struct {
 	restarts   *prometheus.CounterVec
 	failures   *prometheus.CounterVec
 	cancels    *prometheus.HistogramVec
+	firstChunk *prometheus.HistogramVec
+	splices    *prometheus.CounterVec
 	mailboxes  *mailboxCollector
 }
 
@@ -47,6 +49,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from a chat's cancel to its model's generation returning: how fast an upstream request is closed.",
 			Buckets: []float64{1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5},
 		}, labels),
+		firstChunk: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "troupe_actor_first_chunk_seconds",
+			Help:    "Time an actor added to a chat's way to its first chunk: its mailbox wait and work on the request (a model: until its first chunk; an output filter: what it held back).",
+			Buckets: []float64{1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5, 30},
+		}, labels),
+		splices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_fallback_splices_total",
+			Help: "Answers a fallback with resume continued on its next child after the failing one had started.",
+		}, labels),
 		mailboxes: &mailboxCollector{
 			desc: prometheus.NewDesc("troupe_actor_mailbox_depth",
 				"User messages waiting in an actor's mailbox at scrape time.", labels, nil),
@@ -54,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.mailboxes)
+		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.firstChunk, m.splices, m.mailboxes)
 	}
 	return m
 }
@@ -69,6 +80,7 @@ type actorMetrics struct {
 	processing prometheus.Observer
 	restarts   prometheus.Counter
 	failures   prometheus.Counter
+	firstChunk prometheus.Observer
 }
 
 func (m *Metrics) forActor(layout, path string) *actorMetrics {
@@ -78,6 +90,7 @@ func (m *Metrics) forActor(layout, path string) *actorMetrics {
 		processing: m.processing.WithLabelValues(layout, path),
 		restarts:   m.restarts.WithLabelValues(layout, path),
 		failures:   m.failures.WithLabelValues(layout, path),
+		firstChunk: m.firstChunk.WithLabelValues(layout, path),
 	}
 }
 

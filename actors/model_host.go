@@ -19,15 +19,25 @@ import (
 // modelHost is the actor that hosts one Model instance. Each chat's
 // generation runs on a goroutine the host owns, so the mailbox stays free for
 // Cancel and for other chats; the goroutine reports back with a message.
+//
+// The host runs at most capacity chats at once and keeps up to queueLimit
+// more waiting, in order; past that it fails a chat as overloaded, which a
+// fallback takes as its cue for the next child. A chat's place is free only
+// when its generation has returned, so the model never runs more than its
+// capacity, even while a cancelled generation winds down.
 type modelHost struct {
 	model  Model
-	next   *actor.PID // first egress filter, or nil to answer the reply directly
+	next   *actor.PID // where output goes unless a request says: the first egress filter, or nil for the reply
 	logger *slog.Logger
+	am     *actorMetrics
 	// cancelled observes how long a generation takes to return after its
 	// chat was cancelled: how fast an upstream request is closed.
 	cancelled prometheus.Observer
+	// capacity 0 runs every chat at once.
+	capacity, queueLimit int
 
 	inflight map[string]*generation
+	pending  []*ChatRequest
 	running  sync.WaitGroup // this instance's generations, for Close
 }
 
@@ -55,11 +65,24 @@ func (h *modelHost) Receive(c actor.Context) {
 	case *Cancel:
 		if g, ok := h.inflight[msg.ChatId]; ok {
 			g.stop(stopCancelled)
+			return
+		}
+		for i, req := range h.pending {
+			if req.ChatId == msg.ChatId {
+				h.pending = append(h.pending[:i], h.pending[i+1:]...)
+				h.fail(c, req, Code_CODE_CANCELED, "the chat was cancelled")
+				return
+			}
 		}
 	case *generationDone:
 		if g, ok := h.inflight[msg.chatID]; ok {
 			g.cancel()
 			delete(h.inflight, msg.chatID)
+		}
+		if len(h.pending) > 0 && h.room() {
+			req := h.pending[0]
+			h.pending = h.pending[1:]
+			h.run(c, req)
 		}
 	case *modelCrashed:
 		panic(fmt.Sprintf("model panicked: %v", msg.reason))
@@ -70,8 +93,18 @@ func (h *modelHost) Receive(c actor.Context) {
 			g.stop(stopRestarted)
 			delete(h.inflight, id)
 		}
+		for _, req := range h.pending {
+			h.fail(c, req, Code_CODE_UNAVAILABLE, "the model was restarted")
+		}
+		h.pending = nil
 		h.release()
 	}
+}
+
+func (h *modelHost) room() bool { return h.capacity <= 0 || len(h.inflight) < h.capacity }
+
+func (h *modelHost) fail(c actor.Context, req *ChatRequest, code Code, reason string) {
+	c.Send(outputOf(req, h.next), &Failure{ChatId: req.ChatId, Code: code, Reason: reason, ReplyTo: req.ReplyTo})
 }
 
 // release closes the instance once its cancelled generations have returned,
@@ -93,17 +126,29 @@ func (h *modelHost) start(c actor.Context, req *ChatRequest) {
 	if _, dup := h.inflight[req.ChatId]; dup {
 		return
 	}
+	if !h.room() {
+		if len(h.pending) >= h.queueLimit {
+			h.fail(c, req, Code_CODE_OVERLOADED, "the model is busy")
+			return
+		}
+		h.pending = append(h.pending, req)
+		return
+	}
+	h.run(c, req)
+}
+
+func (h *modelHost) run(c actor.Context, req *ChatRequest) {
 	g := &generation{
 		system:    c.ActorSystem(),
 		self:      c.Self(),
-		next:      h.next,
+		next:      outputOf(req, h.next),
 		req:       req,
 		logger:    h.logger,
 		done:      &h.running,
 		cancelled: h.cancelled,
 	}
-	if g.next == nil {
-		g.next = req.ReplyTo
+	if h.am != nil {
+		g.firstChunk = h.am.firstChunk
 	}
 	if h.inflight == nil {
 		h.inflight = map[string]*generation{}
@@ -141,6 +186,11 @@ type generation struct {
 	out       Output
 	done      *sync.WaitGroup
 	cancelled prometheus.Observer
+	// firstChunk observes the time from the request's arrival (its
+	// stamp) to the first chunk: the model's share of the time to first
+	// chunk, a queue here included.
+	firstChunk prometheus.Observer
+	emitted    bool
 }
 
 // stop cancels a generation for the first reason given.
@@ -196,6 +246,7 @@ func (g *generation) sendToolCalls(delta string) error {
 	if err := g.ctx.Err(); err != nil {
 		return err
 	}
+	g.first()
 	g.system.Root.Send(g.next, &Chunk{ChatId: g.req.ChatId, ToolCalls: delta, ReplyTo: g.req.ReplyTo})
 	return nil
 }
@@ -218,6 +269,7 @@ func (g *generation) generate(ctx context.Context, model Model) (err error) {
 			return err
 		}
 		if text = g.valid(text); text != "" {
+			g.first()
 			g.system.Root.Send(g.next, &Chunk{ChatId: g.req.ChatId, Text: text, ReplyTo: g.req.ReplyTo})
 		}
 		return nil
@@ -260,6 +312,17 @@ func bytesToValidUTF8(b []byte) []byte {
 		b = b[size:]
 	}
 	return out
+}
+
+// first records the model's share of the time to first chunk, once.
+func (g *generation) first() {
+	if g.emitted {
+		return
+	}
+	g.emitted = true
+	if g.firstChunk != nil && g.req.PassedUnixNano > 0 {
+		g.firstChunk.Observe(float64(time.Now().UnixNano()-g.req.PassedUnixNano) / 1e9)
+	}
 }
 
 // stopped is the Failure of a generation whose context ended.

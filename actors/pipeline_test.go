@@ -449,7 +449,7 @@ func TestActorMetrics(t *testing.T) {
 	// Each chat: Begin, 4 chunks, End through the egress filter.
 	waitFor(t, 5*time.Second, func() bool {
 		n, _ := testutil.GatherAndCount(h.reg, "troupe_actor_mailbox_depth")
-		return n == 3 // pipeline, model, egress filter
+		return n == 4 // root, pipeline, model, egress filter
 	}, "mailbox depth series for every actor")
 	got := testutil.ToFloat64(messages(h, "egress/0/pair"))
 	if got < 18 {

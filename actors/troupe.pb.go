@@ -234,9 +234,13 @@ type ChatRequest struct {
 	// Wall-clock deadline in Unix nanoseconds; 0 means none.
 	DeadlineUnixNano int64 `protobuf:"varint,5,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
 	// Where the answer goes: the chat's reply process on the gateway's node.
-	ReplyTo       *actor.PID `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Every message of the answer carries it.
+	ReplyTo *actor.PID `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// When the previous actor passed the request on, in Unix nanoseconds: each
+	// actor's share of the time to the first chunk is measured from it.
+	PassedUnixNano int64 `protobuf:"varint,7,opt,name=passed_unix_nano,json=passedUnixNano,proto3" json:"passed_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ChatRequest) Reset() {
@@ -309,6 +313,13 @@ func (x *ChatRequest) GetReplyTo() *actor.PID {
 		return x.ReplyTo
 	}
 	return nil
+}
+
+func (x *ChatRequest) GetPassedUnixNano() int64 {
+	if x != nil {
+		return x.PassedUnixNano
+	}
+	return 0
 }
 
 // Begin announces a chat's output stream to the egress filters, so that each
@@ -903,7 +914,7 @@ const file_troupe_proto_rawDesc = "" +
 	"toolCallId\x12\x1d\n" +
 	"\n" +
 	"tool_calls\x18\x04 \x01(\tR\ttoolCalls\x12\x12\n" +
-	"\x04name\x18\x05 \x01(\tR\x04name\"\xb8\x02\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"\xe2\x02\n" +
 	"\vChatRequest\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x16\n" +
 	"\x06layout\x18\x02 \x01(\tR\x06layout\x12,\n" +
@@ -911,7 +922,8 @@ const file_troupe_proto_rawDesc = "" +
 	"\x06params\x18\x04 \x03(\v2\".troupe.v1.ChatRequest.ParamsEntryR\x06params\x12,\n" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x12%\n" +
 	"\breply_to\x18\x06 \x01(\v2\n" +
-	".actor.PIDR\areplyTo\x1a9\n" +
+	".actor.PIDR\areplyTo\x12(\n" +
+	"\x10passed_unix_nano\x18\a \x01(\x03R\x0epassedUnixNano\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"G\n" +
