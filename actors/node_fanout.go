@@ -94,7 +94,8 @@ type fanoutChat struct {
 	failed   int
 	last     *Failure
 	usage    End
-	sections int // MergeAll: labels written
+	sections int          // MergeAll: labels written
+	errors   []failedPart // MergeAll: failures not written yet
 }
 
 // fanoutRun is one child's run: with MergeAll, what it said while an
@@ -237,8 +238,25 @@ func (f *fanoutActor) write(c actor.Context, st *fanoutChat, i int, msg any) {
 			f.finish(c, st, f.everyFailed(st))
 			return
 		}
-		f.section(c, st, i)
-		c.Send(st.out, &Chunk{ChatId: st.req.ChatId, Text: fmt.Sprintf("[Error: %s.]", msg.Reason), ReplyTo: st.req.ReplyTo})
+		// Its part is written only once another child answered: if
+		// every child fails, the chat gets one error and nothing else.
+		st.errors = append(st.errors, failedPart{child: i, reason: msg.Reason})
+	}
+}
+
+// failedPart is a child's failure waiting to be written as its part.
+type failedPart struct {
+	child  int
+	reason string
+}
+
+// flushErrors writes the parts of the children that failed before.
+func (f *fanoutActor) flushErrors(c actor.Context, st *fanoutChat) {
+	errs := st.errors
+	st.errors = nil
+	for _, e := range errs {
+		f.section(c, st, e.child)
+		c.Send(st.out, &Chunk{ChatId: st.req.ChatId, Text: fmt.Sprintf("[Error: %s.]", e.reason), ReplyTo: st.req.ReplyTo})
 	}
 }
 
@@ -248,6 +266,7 @@ func (f *fanoutActor) section(c actor.Context, st *fanoutChat, i int) {
 		return
 	}
 	st.runs[i].labelled = true
+	f.flushErrors(c, st)
 	f.begin(c, st)
 	sep := ""
 	if st.sections > 0 {
@@ -269,6 +288,7 @@ func (f *fanoutActor) complete(c actor.Context, st *fanoutChat) {
 		f.finish(c, st, f.everyFailed(st))
 		return
 	}
+	f.flushErrors(c, st)
 	f.begin(c, st)
 	end := &End{ChatId: st.req.ChatId, ReplyTo: st.req.ReplyTo,
 		PromptTokens: st.usage.PromptTokens, CompletionTokens: st.usage.CompletionTokens}
