@@ -152,9 +152,9 @@ func StartLayout(system *actor.ActorSystem, spec LayoutSpec, metrics *Metrics, l
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	premade := map[string]any{}
-	if err := spec.Root.check(premade); err != nil {
-		for _, v := range premade {
+	made := map[string]any{}
+	if err := spec.Root.check(made); err != nil {
+		for _, v := range made {
 			CloseInstance(v)
 		}
 		return nil, err
@@ -177,7 +177,7 @@ func StartLayout(system *actor.ActorSystem, spec LayoutSpec, metrics *Metrics, l
 		metrics: metrics,
 		sup:     spec.Supervision.withDefaults(),
 		logger:  logger.With("layout", spec.Name),
-		premade: premade,
+		premade: &premade{m: made},
 	}
 	am := metrics.forActor(spec.Name, "root")
 	r.kids = children{byID: map[string]*child{}, logger: r.logger, path: "root"}
@@ -208,7 +208,7 @@ type layoutRoot struct {
 	metrics *Metrics
 	sup     Supervision
 	logger  *slog.Logger
-	premade map[string]any
+	premade *premade
 
 	kids     children
 	current  *incarnation

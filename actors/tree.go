@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -42,17 +43,30 @@ type incarnation struct {
 	logger  *slog.Logger
 	root    *actor.PID
 	first   bool // the first incarnation uses the instances made at start
-	// premade are the instances StartLayout made to check the arguments,
-	// by node path, used once by the first incarnation.
-	premade map[string]any
+	premade *premade
+}
+
+// premade are the instances StartLayout made to check the arguments, by
+// node path, used once by the first incarnation. The tree's inner nodes
+// spawn their children concurrently, hence the lock.
+type premade struct {
+	mu sync.Mutex
+	m  map[string]any
+}
+
+func (p *premade) take(path string) (any, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, ok := p.m[path]
+	delete(p.m, path)
+	return v, ok
 }
 
 // instance returns a leaf's first instance: the one made at start for the
 // first incarnation, a new one otherwise.
 func (t *incarnation) instance(path string, make func() (any, error)) any {
 	if t.first {
-		if v, ok := t.premade[path]; ok {
-			delete(t.premade, path)
+		if v, ok := t.premade.take(path); ok {
 			return v
 		}
 	}

@@ -1,9 +1,11 @@
 // Package layout reads layout files, validates them with errors that name
-// file, line and column, and compiles them into actor specs.
+// file, line and column, and compiles them into actor trees.
 //
-// The format is the Python original's (version 1): an llm, a list of
-// ingress filters and a list of egress filters, each with a class and args.
-// Troupe adds two optional keys to llm: concurrency and queue.
+// Version 1 is the Python original's format: an llm, a list of ingress
+// filters and a list of egress filters, each with a class and args (Troupe
+// adds two optional keys to llm: concurrency and queue). Version 2 names
+// several layouts, each a tree of pipeline, route, fallback, fanout and pool
+// nodes over model and filter kinds, with references between layouts.
 package layout
 
 import (
@@ -27,9 +29,13 @@ const DefaultName = "<built-in layout>"
 // File is a parsed layout file.
 type File struct {
 	Name    string // the file it came from, for errors
+	Version int
+	// Version 1: one pipeline.
 	Model   Stage
 	Ingress []Stage
 	Egress  []Stage
+	// Version 2: named layouts, each a tree, in the file's order.
+	Layouts []*Named
 }
 
 // Stage is one filter or model entry of a layout.
@@ -82,11 +88,17 @@ func Parse(name string, data []byte) (*File, error) {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, yamlError(name, err)
 	}
-	p := &parser{file: &File{Name: name}}
+	p := &parser{file: &File{Name: name, Version: 1}}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil, &Error{File: name, Msg: "empty layout: want a mapping with version, llm, ingress-filters and egress-filters"}
 	}
-	p.top(doc.Content[0])
+	top := doc.Content[0]
+	if version(top) == "2" {
+		p.file.Version = 2
+		p.v2(top)
+	} else {
+		p.top(top)
+	}
 	if len(p.errs) > 0 {
 		return nil, errors.Join(p.errs...)
 	}
@@ -102,6 +114,19 @@ func (p *parser) errorf(n *yaml.Node, format string, args ...any) {
 	p.errs = append(p.errs, &Error{File: p.file.Name, Line: n.Line, Column: n.Column, Msg: fmt.Sprintf(format, args...)})
 }
 
+// version is the value of a layout file's version key, if it has one.
+func version(top *yaml.Node) string {
+	if top.Kind != yaml.MappingNode {
+		return ""
+	}
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value == "version" {
+			return top.Content[i+1].Value
+		}
+	}
+	return ""
+}
+
 func (p *parser) top(n *yaml.Node) {
 	if n.Kind != yaml.MappingNode {
 		p.errorf(n, "want a mapping with version, llm, ingress-filters and egress-filters")
@@ -114,7 +139,7 @@ func (p *parser) top(n *yaml.Node) {
 		case "version":
 			sawVersion = true
 			if val.Value != "1" {
-				p.errorf(val, "unsupported version %q: this Troupe reads version 1", val.Value)
+				p.errorf(val, "unsupported version %q: this Troupe reads versions 1 and 2", val.Value)
 			}
 		case "llm":
 			sawModel = true
