@@ -12,7 +12,8 @@
 # util-linux: taskset, which pins the load benchmark's processes to cores.
 # iproute2: ss, which the listening-address test reads sockets with.
 # gcc, g++: cgo, to build Ollama (below).
-DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2 gcc g++
+# graphviz: dot, which the layout graph test checks its DOT output with.
+DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2 gcc g++ graphviz
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
