@@ -20,6 +20,9 @@ type LayoutSpec struct {
 	Supervision Supervision
 }
 
+// Capacity is how many chats the layout runs at once.
+func (s LayoutSpec) Capacity() int { return s.Root.capacity() }
+
 // FilterSpec is one filter stage of a pipeline.
 type FilterSpec struct {
 	Path string // the stage's path in the layout tree, e.g. "egress/0/opencc"
