@@ -97,6 +97,57 @@ type FilterKind struct {
 	New     func(args Args) (Filter, error)
 }
 
+// Defaulter is an argument struct that sets its defaults before a layout's
+// arguments are decoded over them.
+type Defaulter interface{ Default() }
+
+// Validator is an argument struct that checks itself once decoded; its
+// error is reported at the arguments' place in the layout file.
+type Validator interface{ Validate() error }
+
+// TypedModel describes a model kind whose arguments are the struct A,
+// decoded strictly (an unknown argument is an error), defaulted and
+// validated when *A implements Defaulter and Validator. It is the Go
+// counterpart of the Python original's `class: module.Class`:
+//
+//	actors.RegisterModel(actors.TypedModel("shout", 16, func(a ShoutArgs) (actors.Model, error) { ... }))
+func TypedModel[A any](name string, capacity int, build func(args A) (Model, error)) ModelKind {
+	return ModelKind{Name: name, Capacity: capacity, New: func(args Args) (Model, error) {
+		a, err := decodeTyped[A](args)
+		if err != nil {
+			return nil, err
+		}
+		return build(a)
+	}}
+}
+
+// TypedFilter is TypedModel for filter kinds.
+func TypedFilter[A any](name string, build func(args A) (Filter, error)) FilterKind {
+	return FilterKind{Name: name, New: func(args Args) (Filter, error) {
+		a, err := decodeTyped[A](args)
+		if err != nil {
+			return nil, err
+		}
+		return build(a)
+	}}
+}
+
+func decodeTyped[A any](args Args) (A, error) {
+	var a A
+	if d, ok := any(&a).(Defaulter); ok {
+		d.Default()
+	}
+	if err := args.Decode(&a); err != nil {
+		return a, err
+	}
+	if v, ok := any(&a).(Validator); ok {
+		if err := v.Validate(); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
+}
+
 // ErrUnknownKind is returned for a kind name nobody registered.
 var ErrUnknownKind = errors.New("unknown kind")
 

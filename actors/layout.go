@@ -280,7 +280,6 @@ func (r *layoutRoot) Receive(c actor.Context) {
 		if r.cooldown != nil {
 			r.cooldown.Stop()
 		}
-		r.metrics.forget(r.metrics.forActor(r.spec.Name, "root"))
 	}
 }
 

@@ -81,6 +81,7 @@ type actorMetrics struct {
 	restarts   prometheus.Counter
 	failures   prometheus.Counter
 	firstChunk prometheus.Observer
+	mailbox    actor.Mailbox // the actor's, once made
 }
 
 func (m *Metrics) forActor(layout, path string) *actorMetrics {
@@ -97,12 +98,13 @@ func (m *Metrics) forActor(layout, path string) *actorMetrics {
 // props returns the Props of one of a layout's actors: instrumented, run by
 // the layout's dispatcher, with a mailbox the collector can read.
 func (m *Metrics) props(am *actorMetrics, d actor.Dispatcher, producer actor.Producer, opts ...actor.PropsOption) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &instrumented{actor: producer(), am: am} },
+	return actor.PropsFromProducer(func() actor.Actor { return &instrumented{actor: producer(), am: am, m: m} },
 		append(opts,
 			actor.WithDispatcher(d),
 			actor.WithMailbox(func() actor.Mailbox {
 				mb := actor.Unbounded()()
 				m.mailboxes.set(am.key, mb)
+				am.mailbox = mb
 				return mb
 			}))...)
 }
@@ -113,6 +115,7 @@ func (m *Metrics) props(am *actorMetrics, d actor.Dispatcher, producer actor.Pro
 type instrumented struct {
 	actor actor.Actor
 	am    *actorMetrics
+	m     *Metrics
 }
 
 func (i *instrumented) Receive(c actor.Context) {
@@ -120,10 +123,11 @@ func (i *instrumented) Receive(c actor.Context) {
 	i.actor.Receive(c)
 	i.am.processing.Observe(time.Since(start).Seconds())
 	i.am.messages.Inc()
+	if _, stopped := c.Message().(*actor.Stopped); stopped {
+		// A stopped actor's mailbox leaves the depth gauge with it.
+		i.m.mailboxes.remove(i.am.key, i.am.mailbox)
+	}
 }
-
-// forget drops an actor's mailbox from the collector when it is gone.
-func (m *Metrics) forget(am *actorMetrics) { m.mailboxes.remove(am.key) }
 
 // mailboxCollector reads mailbox depths at scrape time: a gauge updated on
 // every message would cost more than the messages themselves.
@@ -139,9 +143,14 @@ func (c *mailboxCollector) set(k actorKey, mb actor.Mailbox) {
 	c.mu.Unlock()
 }
 
-func (c *mailboxCollector) remove(k actorKey) {
+// remove drops an actor's mailbox unless a newer actor of the same layout
+// and path took its place: after a layout is reloaded, the old tree stops
+// while the new one already serves.
+func (c *mailboxCollector) remove(k actorKey, mb actor.Mailbox) {
 	c.mu.Lock()
-	delete(c.boxes, k)
+	if c.boxes[k] == mb {
+		delete(c.boxes, k)
+	}
 	c.mu.Unlock()
 }
 

@@ -2,6 +2,8 @@ package actors_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,4 +179,61 @@ func histogram(t *testing.T, h *harness, name, path string) (uint64, float64) {
 		}
 	}
 	return 0, 0
+}
+
+type shoutArgs struct {
+	Times int    `json:"times"`
+	Mark  string `json:"mark"`
+}
+
+func (a *shoutArgs) Default() { a.Times, a.Mark = 1, "!" }
+
+func (a *shoutArgs) Validate() error {
+	if a.Times < 1 || a.Times > 5 {
+		return fmt.Errorf("times must be 1 to 5, got %d", a.Times)
+	}
+	return nil
+}
+
+// A typed kind decodes its arguments strictly over its defaults and
+// validates them.
+func TestTypedModelKind(t *testing.T) {
+	kind := actors.TypedModel("shout", 4, func(a shoutArgs) (actors.Model, error) {
+		return actors.ModelFunc(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
+			return emit(strings.Repeat(actors.LastUserMessage(req.History)+a.Mark, a.Times))
+		}), nil
+	})
+	reg := actors.NewRegistry()
+	reg.RegisterModel(kind)
+	k, err := reg.Model("shout")
+	if err != nil || k.Capacity != 4 {
+		t.Fatalf("kind %+v, %v", k, err)
+	}
+	for _, tt := range []struct {
+		args    actors.Args
+		want    string
+		wantErr string
+	}{
+		{nil, "hi!", ""},
+		{actors.Args{"times": 2, "mark": "?"}, "hi?hi?", ""},
+		{actors.Args{"times": 9}, "", "times must be 1 to 5"},
+		{actors.Args{"loud": true}, "", `unknown field "loud"`},
+		{actors.Args{"times": "two"}, "", "cannot unmarshal"},
+	} {
+		m, err := k.New(tt.args)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%v: err %v, want %q", tt.args, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := m.Generate(context.Background(), &actors.ChatRequest{History: []*actors.Message{{Content: "hi"}}},
+			func(s string) error { got += s; return nil }); err != nil || got != tt.want {
+			t.Errorf("%v: %q, %v; want %q", tt.args, got, err, tt.want)
+		}
+	}
 }

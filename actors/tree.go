@@ -173,14 +173,8 @@ func (cs *children) terminated(who *actor.PID) {
 }
 
 // forget drops the children when the node stops or restarts, which stops
-// them: their Terminated is then no failure, and their mailboxes leave the
-// metrics.
-func (cs *children) forget() {
-	for _, c := range cs.byID {
-		cs.t.metrics.forget(cs.t.metrics.forActor(cs.t.layout.Name, c.path))
-	}
-	cs.byID = map[string]*child{}
-}
+// them: their Terminated is then no failure.
+func (cs *children) forget() { cs.byID = map[string]*child{} }
 
 // outputOf is where a node sends a chat's output: the node it was wired to
 // (the next stage of its pipeline, or the fallback, fan-out or pool above

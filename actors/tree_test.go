@@ -422,3 +422,24 @@ func TestNestedPipelinesAndPaths(t *testing.T) {
 		t.Errorf("the answering model's share of the time to first chunk observed %d times, want 1", count)
 	}
 }
+
+// A stopped tree's actors leave the mailbox gauge, so that a reloaded
+// layout's old tree does not linger in /metrics.
+func TestStoppedActorsLeaveMailboxGauge(t *testing.T) {
+	h := startTree(t, &actors.FallbackNode{Path: "f", Children: []actors.Node{say("f/0", "a"), say("f/1", "b")}})
+	if got := h.chat(withTimeout(t, 5*time.Second), "x"); got.text != "a" {
+		t.Fatalf("got %+v", got)
+	}
+	if n, _ := testutil.GatherAndCount(h.reg, "troupe_actor_mailbox_depth"); n != 4 {
+		t.Fatalf("%d mailbox series, want root, fallback and two models", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.layout.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		n, _ := testutil.GatherAndCount(h.reg, "troupe_actor_mailbox_depth")
+		return n == 0
+	}, "no mailbox series left")
+}
