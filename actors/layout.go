@@ -183,7 +183,6 @@ func StartLayout(system *actor.ActorSystem, spec LayoutSpec, metrics *Metrics, l
 		premade: &premade{m: made},
 	}
 	am := metrics.forActor(spec.Name, "root")
-	r.kids = children{byID: map[string]*child{}, logger: r.logger, path: "root"}
 	props := metrics.props(am, l.dispatcher, func() actor.Actor { return r },
 		actor.WithSupervisor(&strategy{cfg: r.sup, handler: &r.kids}))
 	pid, err := system.Root.SpawnNamed(props, "layout/"+spec.Name)
@@ -247,7 +246,7 @@ func (r *layoutRoot) Receive(c actor.Context) {
 		}
 		r.spawnTree(c)
 	case *actor.Restarting:
-		r.kids.byID = map[string]*child{}
+		r.kids.forget()
 	case entryKnown:
 		if msg.t != r.current {
 			return
@@ -280,6 +279,7 @@ func (r *layoutRoot) Receive(c actor.Context) {
 		if r.cooldown != nil {
 			r.cooldown.Stop()
 		}
+		r.kids.forget()
 	}
 }
 
@@ -289,7 +289,7 @@ func (r *layoutRoot) spawnTree(c actor.Context) {
 	t := &incarnation{layout: r.layout, metrics: r.metrics, sup: r.sup, logger: r.logger,
 		root: c.Self(), first: r.spawned == 1, premade: r.premade}
 	r.current = t
-	r.kids = newChildren(t, "root")
+	r.kids.reset(t, "root")
 	r.top = r.spec.Root.spawn(t, c, nil)
 	r.kids.add(r.top, r.spec.Root.NodePath(), nil)
 	r.entry = r.top

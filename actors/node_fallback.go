@@ -125,7 +125,7 @@ func (f *fallbackActor) Receive(c actor.Context) {
 		}
 	case *actor.Started:
 		f.chats, f.subs = map[string]*fallbackChat{}, map[string]*fallbackChat{}
-		f.kids = newChildren(f.t, f.node.Path)
+		f.kids.reset(f.t, f.node.Path)
 		f.entries = f.entries[:0]
 		self := c.Self()
 		for _, node := range f.node.Children {

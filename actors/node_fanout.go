@@ -128,7 +128,7 @@ func (f *fanoutActor) Receive(c actor.Context) {
 		}
 	case *actor.Started:
 		f.chats, f.subs = map[string]*fanoutChat{}, map[string]fanoutSub{}
-		f.kids = newChildren(f.t, f.node.Path)
+		f.kids.reset(f.t, f.node.Path)
 		f.entries = f.entries[:0]
 		self := c.Self()
 		for _, node := range f.node.Children {

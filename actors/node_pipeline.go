@@ -35,7 +35,7 @@ func (n *PipelineNode) check(premade map[string]any) error {
 }
 
 func (n *PipelineNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *actor.PID {
-	p := &pipelineActor{node: n, t: t, next: next, kids: newChildren(t, n.Path)}
+	p := &pipelineActor{node: n, t: t, next: next}
 	props, _ := t.props(n.Path, func(*actorMetrics) actor.Actor { return p }, &p.kids)
 	return c.Spawn(props)
 }
@@ -84,7 +84,7 @@ func (p *pipelineActor) Receive(c actor.Context) {
 // goes where the core's output would.
 func (p *pipelineActor) spawnStages(c actor.Context) {
 	t, n := p.t, p.node
-	p.kids = newChildren(t, n.Path)
+	p.kids.reset(t, n.Path)
 	next := p.next
 	for i := len(n.Egress) - 1; i >= 0; i-- {
 		f, after := n.Egress[i], next

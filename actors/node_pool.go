@@ -90,7 +90,7 @@ func (p *poolActor) Receive(c actor.Context) {
 		p.forward(c, msg.ChatId, msg, true)
 	case *actor.Started:
 		p.chats = map[string]poolChat{}
-		p.kids = newChildren(p.t, p.node.Path)
+		p.kids.reset(p.t, p.node.Path)
 		p.entries = p.entries[:0]
 		p.busy = make([]int, len(p.node.Replicas))
 		self := c.Self()

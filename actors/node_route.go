@@ -142,7 +142,7 @@ func (r *routeActor) Receive(c actor.Context) {
 			c.Send(e, msg)
 		}
 	case *actor.Started:
-		r.kids = newChildren(r.t, r.node.Path)
+		r.kids.reset(r.t, r.node.Path)
 		r.entries = r.entries[:0]
 		for _, node := range r.node.nodes() {
 			pid := node.spawn(r.t, c, r.next)

@@ -70,6 +70,9 @@ type failureHandler interface {
 	// childFailed fails the chat whose message the child dropped (if any)
 	// and records the failure; stopped says the budget is spent.
 	childFailed(child *actor.PID, reason any, message any, restartIn time.Duration, stopped bool)
+	// restartLater runs restart after delay unless the supervisor stops
+	// first: a timer left behind would restart a child of a layout gone.
+	restartLater(delay time.Duration, restart func())
 }
 
 // strategy is a one-for-one supervisor strategy with capped exponential
@@ -95,5 +98,5 @@ func (s *strategy) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, chi
 	s.handler.childFailed(child, reason, msg, delay, false)
 	// The child's mailbox stays suspended until the restart, so messages
 	// queued meanwhile are kept, not lost.
-	time.AfterFunc(delay, func() { sup.RestartChildren(child) })
+	s.handler.restartLater(delay, func() { sup.RestartChildren(child) })
 }

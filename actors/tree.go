@@ -114,6 +114,11 @@ type children struct {
 	path   string
 	byID   map[string]*child
 	logger *slog.Logger
+	// timers are the pending restarts, stopped with the node. Each
+	// removes itself when it fires; the supervisor's goroutine and the
+	// timer's share the set, hence the lock.
+	mu     sync.Mutex
+	timers map[*time.Timer]struct{}
 }
 
 type child struct {
@@ -125,8 +130,39 @@ type child struct {
 	out *actor.PID
 }
 
-func newChildren(t *incarnation, path string) children {
-	return children{t: t, path: path, byID: map[string]*child{}, logger: t.logger}
+// reset readies the children for a fresh set, keeping the lock in place.
+func (cs *children) reset(t *incarnation, path string) {
+	cs.stopTimers()
+	cs.t, cs.path, cs.byID, cs.logger = t, path, map[string]*child{}, t.logger
+}
+
+// restartLater implements failureHandler.
+func (cs *children) restartLater(delay time.Duration, restart func()) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.timers == nil {
+		cs.timers = map[*time.Timer]struct{}{}
+	}
+	var timer *time.Timer
+	timer = time.AfterFunc(delay, func() {
+		cs.mu.Lock()
+		_, pending := cs.timers[timer]
+		delete(cs.timers, timer)
+		cs.mu.Unlock()
+		if pending {
+			restart()
+		}
+	})
+	cs.timers[timer] = struct{}{}
+}
+
+func (cs *children) stopTimers() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for timer := range cs.timers {
+		timer.Stop()
+	}
+	cs.timers = nil
 }
 
 // add records a spawned child.
@@ -173,8 +209,11 @@ func (cs *children) terminated(who *actor.PID) {
 }
 
 // forget drops the children when the node stops or restarts, which stops
-// them: their Terminated is then no failure.
-func (cs *children) forget() { cs.byID = map[string]*child{} }
+// them: their Terminated is then no failure, and no restart is pending.
+func (cs *children) forget() {
+	cs.stopTimers()
+	cs.byID = map[string]*child{}
+}
 
 // outputOf is where a node sends a chat's output: the node it was wired to
 // (the next stage of its pipeline, or the fallback, fan-out or pool above
