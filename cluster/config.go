@@ -35,6 +35,12 @@ type Config struct {
 	GossipPort int
 	// RemotePort is the actor remote's gRPC port; 0 picks a free one.
 	RemotePort int
+	// GossipPortFallback and RemotePortFallback say that the port was not
+	// chosen by the user (it is the default): when it is taken, by another
+	// node on the same host say, a free port is used instead and logged,
+	// rather than failing. A port the user chose is used or fails.
+	GossipPortFallback bool
+	RemotePortFallback bool
 	// Join lists gossip addresses (host or host:port) of existing members.
 	// A DNS name stands for all its addresses. Empty: a cluster of one,
 	// until others join it.
@@ -53,6 +59,15 @@ type Config struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
+
+// The cluster ports a node takes when none is set: memberlist's usual gossip
+// port, and the one next to it for the remote. Both are outside the range
+// of HTTP ports that nodes on one host are usually given (8123, 8124, ...),
+// so a node's remote never takes the HTTP port of the next node started.
+const (
+	DefaultGossipPort = 7946
+	DefaultRemotePort = 7947
+)
 
 // ErrBadKey is returned by ParseKey for a key that is neither a base64 AES
 // key nor a passphrase.
@@ -94,16 +109,22 @@ func (c *Config) withDefaults() error {
 		}
 		c.AdvertiseAddress = ips[0].String()
 	}
-	var err error
-	if c.GossipPort == 0 {
-		if c.GossipPort, err = freePort(c.BindAddress, true); err != nil {
-			return err
-		}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.RemotePort == 0 {
-		if c.RemotePort, err = freePort(c.BindAddress, false); err != nil {
-			return err
-		}
+	// A seed given without a port is at the port every node of the cluster
+	// was given, or at the default one.
+	seedPort := c.GossipPort
+	if seedPort == 0 || c.GossipPortFallback {
+		seedPort = DefaultGossipPort
+	}
+	c.Join = withPort(c.Join, seedPort)
+	var err error
+	if c.GossipPort, err = c.choosePort("gossip", c.GossipPort, c.GossipPortFallback, true); err != nil {
+		return err
+	}
+	if c.RemotePort, err = c.choosePort("remote", c.RemotePort, c.RemotePortFallback, false); err != nil {
+		return err
 	}
 	if c.NodeName == "" {
 		host, _ := os.Hostname()
@@ -118,10 +139,63 @@ func (c *Config) withDefaults() error {
 	if n := len(c.Key); n != 0 && n != 16 && n != 24 && n != 32 {
 		return fmt.Errorf("%w: %d bytes, want 16, 24 or 32", ErrBadKey, n)
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+	return nil
+}
+
+// choosePort returns the port to use for one listener: port itself when it
+// is free or the user chose it (a taken one then fails where it is bound,
+// with the setting's name); a free one when port is 0, or when port is the
+// default and taken.
+func (c *Config) choosePort(what string, port int, fallback, udp bool) (int, error) {
+	if port == 0 {
+		return freePort(c.BindAddress, udp)
+	}
+	if !fallback {
+		return port, nil
+	}
+	if err := portFree(c.BindAddress, port, udp); err == nil {
+		return port, nil
+	}
+	free, err := freePort(c.BindAddress, udp)
+	if err != nil {
+		return 0, err
+	}
+	c.Logger.Debug("default "+what+" port taken: using a free one", "wanted", port, "port", free)
+	return free, nil
+}
+
+// portFree reports whether port can be bound now, on TCP and, for gossip,
+// UDP too.
+func portFree(ip string, port int, udp bool) error {
+	addr := net.JoinHostPort(ip, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if udp {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return err
+		}
+		pc.Close()
 	}
 	return nil
+}
+
+// withPort adds port to every address that has none.
+func withPort(addrs []string, port int) []string {
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			a = net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(port))
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // freePort finds a port that is free now on both TCP and (for gossip) UDP.

@@ -72,6 +72,7 @@ type Server struct {
 	memory       *memoryReleaser
 	apiKeys      apiKeys
 	started      time.Time
+	status       statusState // status page, readiness and drain (ready.go)
 
 	mu       sync.Mutex
 	draining bool
@@ -167,6 +168,11 @@ func (s *Server) routes() (r *httprouter.Router, err error) {
 	r.GET(cfg.Endpoint+"/:slot/abort", s.handleSlotAbort)
 	r.GET("/health", s.handleHealth)
 	r.HEAD("/health", s.handleHealth)
+	r.GET("/ready", s.handleReady)
+	r.HEAD("/ready", s.handleReady)
+	r.POST("/drain", s.handleDrain)
+	r.GET("/", s.handleStatusPage)
+	r.GET("/status.json", s.handleStatusJSON)
 	r.Handler(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	return r, nil
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/troupe-llm/troupe/cluster"
 )
 
 // config is every setting of a node. Each is a flag and an environment
@@ -37,40 +39,76 @@ type config struct {
 
 	APIKeys     string
 	APIKeysFile string
+	LogFormat   string
+
+	// set holds the environment names of the settings given explicitly,
+	// by flag or environment; the others have their defaults.
+	set map[string]bool
 }
+
+// isSet reports whether the setting with environment name env was given.
+func (c config) isSet(env string) bool { return c.set[env] }
 
 // defaultPort is the port a node listens on when PORT is not set.
 const defaultPort = 8123
 
 // setting is one row of the configuration table, which is also what
-// `troupe -help` prints.
+// `troupe -h` prints and docs/configuration.md shows (a test keeps them
+// equal). def describes the default when the value's own is not it.
 type setting struct {
-	flag, env, usage string
-	value            flag.Value
+	flag, env, def, usage string
+	value                 flag.Value
 }
 
 func settings(c *config) []setting {
 	return []setting{
-		{"agent-endpoint", "AGENT_ENDPOINT", "the Agent's API base URL", (*stringValue)(&c.AgentEndpoint)},
-		{"llm-name", "LLM_NAME", "the LLM name (access code) the node serves and registers", (*stringValue)(&c.LLMName)},
-		{"public-address", "PUBLIC_ADDRESS", "the host the Agent and other nodes reach this node at", (*stringValue)(&c.PublicAddress)},
-		{"bind-address", "BIND_ADDRESS", "the address to listen on (default: 127.0.0.1 when the public address is loopback, else 0.0.0.0)", (*stringValue)(&c.BindAddress)},
-		{"port", "PORT", "the HTTP port; 0 picks a free one", (*intValue)(&c.Port)},
-		{"endpoint", "ENDPOINT", "the path of the chat endpoint", (*stringValue)(&c.Endpoint)},
-		{"layout", "LAYOUT_CONFIG", "the layout file (default: the built-in example layout)", (*stringValue)(&c.LayoutConfig)},
-		{"ignore-agent", "IGNORE_AGENT", "do not register with the Agent", (*boolValue)(&c.IgnoreAgent)},
-		{"retry-count", "RETRY_COUNT", "failed registration rounds before the Agent client reports failed (it keeps trying)", (*intValue)(&c.RetryCount)},
-		{"debug", "DEBUG", "log at debug level, chat content included", (*boolValue)(&c.Debug)},
-		{"chat-timeout", "CHAT_TIMEOUT", "the longest a chat may run", (*durationValue)(&c.ChatTimeout)},
-		{"drain-timeout", "DRAIN_TIMEOUT", "how long shutdown waits for chats in flight", (*durationValue)(&c.DrainTimeout)},
-		{"agent-refresh", "AGENT_REFRESH", "how often registrations with the Agent are renewed", (*durationValue)(&c.AgentRefresh)},
-		{"node-name", "NODE_NAME", "the node's name in the cluster (default: hostname-gossipport)", (*stringValue)(&c.NodeName)},
-		{"gossip-port", "GOSSIP_PORT", "the cluster membership (memberlist) port, TCP and UDP; 0 picks a free one", (*intValue)(&c.GossipPort)},
-		{"remote-port", "REMOTE_PORT", "the port chats and chunks travel between nodes on (gRPC); 0 picks a free one", (*intValue)(&c.RemotePort)},
-		{"join", "JOIN", "comma-separated gossip addresses of members to join; a DNS name stands for all its addresses", (*stringValue)(&c.Join)},
-		{"cluster-key", "CLUSTER_KEY", "encrypts gossip: base64 of a 16, 24 or 32 byte key, or a passphrase of 12+ characters", (*stringValue)(&c.ClusterKey)},
-		{"api-keys", "API_KEYS", "comma-separated Bearer keys the OpenAI-compatible API requires (default: none, the API is open)", (*stringValue)(&c.APIKeys)},
-		{"api-keys-file", "API_KEYS_FILE", "a file of Bearer keys for the OpenAI-compatible API, one a line (# starts a comment)", (*stringValue)(&c.APIKeysFile)},
+		{"agent-endpoint", "AGENT_ENDPOINT", "", "the Agent's API base URL", (*stringValue)(&c.AgentEndpoint)},
+		{"llm-name", "LLM_NAME", "", "the LLM name (access code) the node serves and registers", (*stringValue)(&c.LLMName)},
+		{"public-address", "PUBLIC_ADDRESS", "localhost; this host's own IP when BIND_ADDRESS is 0.0.0.0", "the host the Agent and other nodes reach this node at", (*stringValue)(&c.PublicAddress)},
+		{"bind-address", "BIND_ADDRESS", "127.0.0.1 when the public address is loopback, else 0.0.0.0", "the IP every listener binds: HTTP, gossip, remote", (*stringValue)(&c.BindAddress)},
+		{"port", "PORT", "", "the HTTP port; 0 picks a free one (printed at start-up)", (*intValue)(&c.Port)},
+		{"endpoint", "ENDPOINT", "", "the path of the chat endpoint", (*stringValue)(&c.Endpoint)},
+		{"layout", "LAYOUT_CONFIG", "the built-in example layout", "the layout file", (*stringValue)(&c.LayoutConfig)},
+		{"ignore-agent", "IGNORE_AGENT", "", "do not register with the Agent", (*boolValue)(&c.IgnoreAgent)},
+		{"retry-count", "RETRY_COUNT", "", "failed registration rounds before the Agent client reports failed (it keeps trying, backing off from 1s to 30s)", (*intValue)(&c.RetryCount)},
+		{"debug", "DEBUG", "", "log at debug level, chat content included", (*boolValue)(&c.Debug)},
+		{"log-format", "LOG_FORMAT", "", "log lines as text (key=value) or json (one object a line)", (*stringValue)(&c.LogFormat)},
+		{"chat-timeout", "CHAT_TIMEOUT", "", "the longest a chat may run", (*durationValue)(&c.ChatTimeout)},
+		{"drain-timeout", "DRAIN_TIMEOUT", "", "how long a drain (SIGTERM, or troupe drain) waits for the chats in flight", (*durationValue)(&c.DrainTimeout)},
+		{"agent-refresh", "AGENT_REFRESH", "", "how often registrations with the Agent are renewed (an Agent that restarted learns the node again)", (*durationValue)(&c.AgentRefresh)},
+		{"node-name", "NODE_NAME", "hostname-gossipport", "the node's name in the cluster", (*stringValue)(&c.NodeName)},
+		{"gossip-port", "GOSSIP_PORT", "7946; a free port when 7946 is taken", "the cluster membership (memberlist) port, TCP and UDP; 0 picks a free one", (*intValue)(&c.GossipPort)},
+		{"remote-port", "REMOTE_PORT", "7947; a free port when 7947 is taken", "the port chats and chunks travel between nodes on (gRPC); 0 picks a free one", (*intValue)(&c.RemotePort)},
+		{"join", "JOIN", "none", "comma-separated gossip addresses of members to join (host or host:port); a DNS name stands for all its addresses", (*stringValue)(&c.Join)},
+		{"cluster-key", "CLUSTER_KEY", "none", "encrypts gossip: base64 of a 16, 24 or 32 byte key, or a passphrase of 12+ characters", (*stringValue)(&c.ClusterKey)},
+		{"api-keys", "API_KEYS", "none: the API is open", "comma-separated Bearer keys the OpenAI-compatible API requires", (*stringValue)(&c.APIKeys)},
+		{"api-keys-file", "API_KEYS_FILE", "none", "a file of Bearer keys for the OpenAI-compatible API, one a line (# starts a comment); a file does not show in ps", (*stringValue)(&c.APIKeysFile)},
+	}
+}
+
+// defaultText is how a setting's default is shown.
+func (s setting) defaultText() string {
+	if s.def != "" {
+		return s.def
+	}
+	return s.value.String()
+}
+
+// usage prints `troupe -h`: the subcommands, then every setting with its
+// environment variable and default (this is the table of
+// docs/configuration.md).
+func usage(w io.Writer, all []setting) {
+	fmt.Fprint(w, `Usage:
+  troupe [flags]                 run a node
+  troupe health [-live] [-url U] exit 0 when the node (PORT, BIND_ADDRESS) is ready; -live: up
+  troupe drain [-url U]          drain the node on this host (Kubernetes preStop)
+  troupe version                 print the version
+
+Every setting is a flag and an environment variable; the flag wins.
+
+`)
+	for _, s := range all {
+		fmt.Fprintf(w, "  -%s  %s  default: %s\n      %s\n", s.flag, s.env, s.defaultText(), s.usage)
 	}
 }
 
@@ -85,8 +123,10 @@ func defaultConfig() config {
 		ChatTimeout:   10 * time.Minute,
 		DrainTimeout:  30 * time.Second,
 		AgentRefresh:  15 * time.Second,
-		GossipPort:    7946,
-		RemotePort:    8124,
+		GossipPort:    cluster.DefaultGossipPort,
+		RemotePort:    cluster.DefaultRemotePort,
+		LogFormat:     "text",
+		set:           map[string]bool{},
 	}
 }
 
@@ -96,17 +136,24 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs := flag.NewFlagSet("troupe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	all := settings(&c)
+	envOf := map[string]string{}
 	for _, s := range all {
 		if v := getenv(s.env); v != "" {
 			if err := s.value.Set(v); err != nil {
 				return c, fmt.Errorf("%s=%q: %w", s.env, v, err)
 			}
+			c.set[s.env] = true
 		}
-		fs.Var(s.value, s.flag, fmt.Sprintf("%s (env %s)", s.usage, s.env))
+		fs.Var(s.value, s.flag, s.usage)
+		envOf[s.flag] = s.env
 	}
+	dc := defaultConfig()
+	defaults := settings(&dc)
+	fs.Usage = func() { usage(fs.Output(), defaults) }
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	fs.Visit(func(f *flag.Flag) { c.set[envOf[f.Name]] = true })
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (settings are flags such as -port 8123)", fs.Arg(0))
 	}
@@ -121,8 +168,22 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if c.BindAddress == "" {
 		c.BindAddress = defaultBind(c.PublicAddress)
 	}
-	if net.ParseIP(c.BindAddress) == nil {
-		return c, fmt.Errorf("bind address %q: want an IP address", c.BindAddress)
+	bind := net.ParseIP(c.BindAddress)
+	if bind == nil {
+		return c, fmt.Errorf("BIND_ADDRESS %q: want an IP address", c.BindAddress)
+	}
+	// A node that listens on every interface (in a container, say) and was
+	// not told its address announces its own, not "localhost", which the
+	// Agent and the other nodes would take for themselves.
+	if bind.IsUnspecified() && !c.isSet("PUBLIC_ADDRESS") {
+		if ip := ownIP(); ip != "" {
+			c.PublicAddress = ip
+		}
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return c, fmt.Errorf("LOG_FORMAT=%q: want text or json", c.LogFormat)
 	}
 	if strings.TrimSpace(c.LLMName) == "" {
 		return c, fmt.Errorf("LLM name is empty")
@@ -164,6 +225,30 @@ func defaultBind(public string) string {
 		return public
 	}
 	return "0.0.0.0"
+}
+
+// ownIP returns this host's first IPv4 address that is not loopback, on an
+// interface that is up, or "" when there is none.
+func ownIP() string {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return ""
+	}
+	for _, iface := range ifaces {
+		if iface.Flags&net.FlagUp == 0 || iface.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := iface.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+				return n.IP.String()
+			}
+		}
+	}
+	return ""
 }
 
 type stringValue string
@@ -211,4 +296,15 @@ func (v *durationValue) Set(s string) error {
 	*v = durationValue(d)
 	return nil
 }
-func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+// String drops zero minutes and seconds: 10m, not 10m0s.
+func (v *durationValue) String() string {
+	s := time.Duration(*v).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}

@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -53,22 +52,26 @@ var errHelp = errors.New("help requested")
 // from the Agent, stop taking chats, finish the ones in flight (bounded),
 // stop the actors.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && (args[0] == "version" || args[0] == "-version" || args[0] == "--version") {
-		fmt.Fprintln(stdout, "troupe", version())
-		return nil
+	if len(args) > 0 {
+		switch args[0] {
+		case "version", "-version", "--version":
+			fmt.Fprintln(stdout, "troupe", version())
+			return nil
+		case "health":
+			return helpOK(runHealth(ctx, args[1:], getenv, stdout, stderr))
+		case "drain":
+			return helpOK(runDrain(ctx, args[1:], getenv, stdout, stderr))
+		}
 	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return errHelp
-		}
-		return err
+		return helpOK(err)
 	}
 	level := slog.LevelInfo
 	if cfg.Debug {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(newLogHandler(cfg.LogFormat, stderr, level))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -97,7 +100,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cfg.Debug {
 		actorLevel = slog.LevelDebug
 	}
-	actorLogger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: actorLevel}))
+	actorLogger := slog.New(newLogHandler(cfg.LogFormat, stderr, actorLevel))
 	system := actors.NewActorSystem(actor.Configure(
 		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return actorLogger })))
 	defer system.Shutdown()
@@ -105,7 +108,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	addr := net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.Port))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w (set PORT to another port, or 0 for any free one)", addr, err)
+		return fmt.Errorf("PORT %d: cannot listen on %s: %v (set PORT to another port, or 0 for any free one)", cfg.Port, addr, cause(err))
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
@@ -115,22 +118,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	if err := checkClusterPorts(cfg); err != nil {
+		return err
+	}
 	node, err := cluster.New(cluster.Config{
-		NodeName:         cfg.NodeName,
-		BindAddress:      cfg.BindAddress,
-		AdvertiseAddress: cfg.PublicAddress,
-		GossipPort:       cfg.GossipPort,
-		RemotePort:       cfg.RemotePort,
-		Join:             splitList(cfg.Join),
-		Key:              key,
-		HTTPBase:         publicBase,
-		EndpointPath:     cfg.Endpoint,
-		Logger:           logger,
-		Registerer:       reg,
+		NodeName:           cfg.NodeName,
+		BindAddress:        cfg.BindAddress,
+		AdvertiseAddress:   cfg.PublicAddress,
+		GossipPort:         cfg.GossipPort,
+		RemotePort:         cfg.RemotePort,
+		GossipPortFallback: !cfg.isSet("GOSSIP_PORT"),
+		RemotePortFallback: !cfg.isSet("REMOTE_PORT"),
+		Join:               splitList(cfg.Join),
+		Key:                key,
+		HTTPBase:           publicBase,
+		EndpointPath:       cfg.Endpoint,
+		Logger:             logger,
+		Registerer:         reg,
 	}, system)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	logPortFallbacks(logger, cfg, node)
 	running, err := actors.StartPipeline(system, spec, actors.NewMetrics(reg), logger)
 	if err != nil {
 		node.Close()
@@ -156,16 +165,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = node.Leave(time.Second)
 		return err
 	}
-	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "troupe %s: serving %q (%s) on http://%s%s\n", version(), cfg.LLMName, file.Name, ln.Addr(), cfg.Endpoint)
-	logger.Info("node started", "llm", cfg.LLMName, "layout", file.Name, "listen", ln.Addr().String(),
-		"endpoint", publicBase+cfg.Endpoint, "capacity", running.Admission.Capacity())
 
 	var registrar *gateway.Registrar
 	agentDone := make(chan struct{})
 	agentCtx, stopAgent := context.WithCancel(context.Background())
+	defer stopAgent()
 	if cfg.IgnoreAgent {
 		close(agentDone)
 	} else {
@@ -176,9 +180,63 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			Refresh:    cfg.AgentRefresh,
 		})
 		if err != nil {
-			stopAgent()
+			_ = node.Leave(time.Second)
 			return err
 		}
+	}
+
+	// Draining: unregister from the Agent first (while still serving), so
+	// that it stops sending chats before the node starts refusing them;
+	// then stop taking chats: the cluster hears this node is full, its
+	// gateway refuses new chats, and the chats in flight (its own and those
+	// other nodes sent it) finish within the drain timeout. A signal runs
+	// it, and so does POST /drain (Kubernetes' preStop, through `troupe
+	// drain`), after which the node waits for its signal to leave.
+	drain := newDrainer(func() error {
+		stopAgent()
+		<-agentDone
+		if registrar != nil {
+			uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := registrar.Unregister(uctx); err != nil {
+				logger.Warn("could not unregister from the Agent", "err", err)
+			}
+			cancel()
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		defer cancel()
+		node.Drain()
+		var errs []error
+		if err := gw.Drain(dctx); err != nil {
+			logger.Warn("drain timed out; chats in flight were cancelled", "timeout", cfg.DrainTimeout)
+			errs = append(errs, fmt.Errorf("chats in flight cancelled after DRAIN_TIMEOUT %s", cfg.DrainTimeout))
+		}
+		if err := node.WaitHosted(dctx); err != nil {
+			logger.Warn("drain timed out; chats from other nodes were cancelled", "timeout", cfg.DrainTimeout)
+			errs = append(errs, fmt.Errorf("chats from other nodes cancelled after DRAIN_TIMEOUT %s", cfg.DrainTimeout))
+		}
+		logger.Info("drained")
+		return errors.Join(errs...)
+	})
+	status := gateway.StatusConfig{
+		Node:    node.Name(),
+		Version: version(),
+		Cluster: clusterView{node},
+		Drain:   drain.drain,
+	}
+	if !cfg.IgnoreAgent {
+		status.AgentURL = cfg.AgentEndpoint
+	}
+	gw.SetStatus(status)
+
+	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "troupe %s: serving %q (%s) on http://%s%s\n", version(), cfg.LLMName, file.Name, ln.Addr(), cfg.Endpoint)
+	logger.Info("node started", "llm", cfg.LLMName, "layout", file.Name, "listen", ln.Addr().String(),
+		"endpoint", publicBase+cfg.Endpoint, "capacity", running.Admission.Capacity(),
+		"gossip", node.GossipAddress(), "remote", node.RemoteAddress(), "status", publicBase+"/")
+
+	if registrar != nil {
 		go func() {
 			defer close(agentDone)
 			registrar.Run(agentCtx)
@@ -204,33 +262,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("shutting down", "in_flight", gw.InFlight())
 	case err := <-serveErr:
 		stopAgent()
+		<-agentDone
 		_ = node.Leave(time.Second)
 		return fmt.Errorf("http server: %w", err)
 	}
-
-	// Unregister first, while still serving, so that the Agent stops
-	// sending chats before the node starts refusing them.
-	stopAgent()
-	<-agentDone
-	if registrar != nil {
-		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := registrar.Unregister(uctx); err != nil {
-			logger.Warn("could not unregister from the Agent", "err", err)
-		}
-		cancel()
-	}
-	// Then stop taking chats: the cluster hears this node is full, its
-	// gateway refuses new chats, and the chats in flight (its own and
-	// those other nodes sent it) finish within the drain timeout.
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
-	node.Drain()
-	if err := gw.Drain(dctx); err != nil {
-		logger.Warn("drain timed out; chats in flight were cancelled", "timeout", cfg.DrainTimeout)
-	}
-	if err := node.WaitHosted(dctx); err != nil {
-		logger.Warn("drain timed out; chats from other nodes were cancelled", "timeout", cfg.DrainTimeout)
-	}
-	cancel()
+	_ = drain.drain(context.Background())
 	if err := node.Leave(5 * time.Second); err != nil {
 		logger.Warn("leaving the cluster", "err", err)
 	}
