@@ -1,7 +1,10 @@
-# make run   runs a node on the built-in example layout.
-# make test  installs the Debian packages and the Ollama server the tests
-#            need (when missing), then vets and runs every test with the
-#            race detector.
+# make run    runs a node on the built-in example layout.
+# make test   installs the Debian packages and the Ollama server the tests
+#             need (when missing), then vets and runs every test with the
+#             race detector.
+# make image  builds the Docker images troupe and troupe-example (or
+#             IMAGE=name and name-example) from a static binary, pulling
+#             nothing.
 
 # opencc: the reference converter the OpenCC tests compare against.
 # manpages-zh, gettext and the packages with zh_CN/zh_TW catalogues (git,
@@ -17,7 +20,7 @@ DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps ollama vet build proto bench
+.PHONY: run test deps ollama vet build proto bench image
 
 run:
 	go run ./cmd/troupe
@@ -51,6 +54,20 @@ vet:
 
 test: deps ollama vet
 	go test -race ./...
+
+# image builds the static binary and copies the host's CA bundle into
+# $(IMAGE_CONTEXT)/dist/image, then the two images. Nothing is pulled: the
+# Dockerfile starts FROM scratch, the example FROM the image just built.
+IMAGE ?= troupe
+EXAMPLE_IMAGE ?= $(IMAGE)-example
+IMAGE_CONTEXT ?= .
+image:
+	@mkdir -p $(IMAGE_CONTEXT)/dist/image
+	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o $(IMAGE_CONTEXT)/dist/image/troupe ./cmd/troupe
+	cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_CONTEXT)/dist/image/ca-certificates.crt
+	docker build -q -t $(IMAGE) -f Dockerfile $(IMAGE_CONTEXT)
+	docker build -q -t $(EXAMPLE_IMAGE) --build-arg BASE=$(IMAGE) examples/image
+	@docker image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "$(IMAGE): %.1f MB\n", $$1/1e6}'
 
 # proto regenerates actors/troupe.pb.go (needs protoc and protoc-gen-go).
 proto:
