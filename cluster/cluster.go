@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
-	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -57,12 +55,17 @@ type Cluster struct {
 	host    *host
 	events  *eventstream.Subscription
 
+	// routeMu makes each routing decision and its booking one step, so
+	// that chats routed at once never count the same free place twice.
+	routeMu sync.Mutex
+
 	mu        sync.RWMutex
 	members   map[string]*Member // other nodes, by name
 	dead      map[string]deadMember
 	refused   map[string]bool // nodes refused for their protocol version, logged once
 	onDown    []func(*actors.NodeMeta)
 	lastLoad  []byte
+	lastTold  map[string][]byte // the last direct report to each member, by name
 	sinceSent int
 	seq       uint64
 	draining  bool
@@ -85,11 +88,21 @@ type Member struct {
 	gone  context.Context
 	kill  context.CancelFunc
 
-	mu          sync.Mutex
-	load        map[string]*actors.LayoutLoad
-	seq         uint64
-	sent        map[string]int // chats sent per layout since its last report
-	suspect     bool           // silent for longer than suspectAfter
+	mu sync.Mutex
+	// load is the newest broadcast's, by layout: capacity, queue limit,
+	// health, and everybody's chats running and queued.
+	load map[string]*actors.LayoutLoad
+	seq  uint64
+	// others counts, by layout, the chats running and queued there that
+	// this node did not send, as of the newest direct report (direct is its
+	// seq); nil until one came. recent keeps the last few.
+	others map[string]int
+	direct uint64
+	recent recentReports
+	// mine counts, by layout, the chats this node's gateway has there now:
+	// from Route until the chat's Target.Done, exactly.
+	mine        map[string]int
+	suspect     bool // silent for longer than suspectAfter
 	silent      context.Context
 	hush        context.CancelFunc // ends silent when it turns suspect
 	heard       time.Time          // its last load report
@@ -158,7 +171,7 @@ func (c *Cluster) Start(layouts map[string]*actors.Layout) error {
 	}
 	c.meta = meta
 
-	c.host = startHost(c.system, layouts, c.logger, c.metrics)
+	c.host = startHost(c.system, layouts, c.logger, c.metrics, c.applyDirect)
 	c.events = c.system.EventStream.Subscribe(func(evt any) {
 		if e, ok := evt.(*remote.EndpointTerminatedEvent); ok {
 			c.peerDisconnected(e.Address)
@@ -312,22 +325,34 @@ func (c *Cluster) tryJoin() error {
 	return nil
 }
 
-// loadLoop gossips this node's load when it changes, at most once per
-// LoadInterval and at least every ten, and watches for suspect members.
+// loadLoop tells each member this node's load, as that member's gateway
+// needs it, when it changed, at most tellsPerInterval times per
+// LoadInterval (and every ten intervals anyway); gossips the whole load when it changed, at most once per
+// LoadInterval and at least every ten; and watches for suspect members.
 func (c *Cluster) loadLoop() {
 	defer c.wg.Done()
-	t := time.NewTicker(c.cfg.LoadInterval)
+	t := time.NewTicker(c.cfg.LoadInterval / tellsPerInterval)
 	defer t.Stop()
-	for {
+	for tick := 0; ; tick++ {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
 		}
-		c.broadcastLoad(false)
-		c.watchSuspects()
+		// Now and then everybody is told again, in case a member lost its
+		// view of this node (a dropped connection makes it start afresh).
+		c.tellLoad(tick%(10*tellsPerInterval) == 0)
+		if tick%tellsPerInterval == 0 {
+			c.broadcastLoad(false)
+			c.watchSuspects()
+		}
 	}
 }
+
+// tellsPerInterval is how many times per LoadInterval members are told a
+// changed load directly: what gateways route on is worth a fresher view
+// than gossip carries, and a direct report is one small message.
+const tellsPerInterval = 5
 
 // Drain makes this node take no new chats: the cluster hears it has no
 // room, and chats other gateways still send it are refused as "full", so
@@ -338,13 +363,18 @@ func (c *Cluster) Drain() {
 	c.mu.Unlock()
 	c.host.drain()
 	c.broadcastLoad(true)
+	c.tellLoad(true)
 }
 
 // WaitHosted waits until the chats other nodes sent here have ended, or
 // cancels them when ctx ends first.
 func (c *Cluster) WaitHosted(ctx context.Context) error { return c.host.wait(ctx) }
 
-func (c *Cluster) localLoad() *actors.NodeLoad {
+// localLoad is this node's load as told to the member at address origin:
+// the chats that member's gateway sent here are left out, because it counts
+// them itself, exactly. An empty origin leaves nothing out: the load
+// broadcast to everybody.
+func (c *Cluster) localLoad(origin string) *actors.NodeLoad {
 	load := &actors.NodeLoad{Node: c.cfg.NodeName}
 	c.mu.RLock()
 	draining := c.draining
@@ -355,7 +385,7 @@ func (c *Cluster) localLoad() *actors.NodeLoad {
 			load.Layouts = append(load.Layouts, &actors.LayoutLoad{Layout: name})
 			continue
 		}
-		running, queued := l.Admission.Load()
+		running, queued := l.Admission.LoadExcluding(origin)
 		load.Layouts = append(load.Layouts, &actors.LayoutLoad{
 			Layout:     name,
 			Capacity:   uint32(l.Admission.Capacity()),
@@ -371,8 +401,11 @@ func (c *Cluster) localLoad() *actors.NodeLoad {
 
 const msgLoad byte = 1
 
+// broadcastLoad gossips this node's whole load when it changed (or when
+// forced, or every ten calls): it is how every member learns this node's
+// layouts' health and capacity, and that it is alive.
 func (c *Cluster) broadcastLoad(force bool) {
-	load := c.localLoad()
+	load := c.localLoad("")
 	body, err := proto.Marshal(load)
 	if err != nil {
 		return
@@ -390,6 +423,68 @@ func (c *Cluster) broadcastLoad(force bool) {
 	c.mu.Unlock()
 	msg, _ := proto.Marshal(load)
 	c.queue.QueueBroadcast(&loadBroadcast{node: c.cfg.NodeName, msg: append([]byte{msgLoad}, msg...)})
+}
+
+// tellLoad sends each member whose view of this node's load changed (all
+// of them when forced) the load its gateway routes on: the whole load less
+// the chats that gateway sent here, which it counts itself, exactly. A
+// direct report goes over the remote, in microseconds, where gossip takes
+// up to a few hundred milliseconds.
+func (c *Cluster) tellLoad(force bool) {
+	type direct struct {
+		name, addr string
+		to         *actor.PID
+		load       *actors.NodeLoad
+		body       []byte // load without its seq, to see a change
+	}
+	now := time.Now()
+	var directs []direct
+	c.mu.RLock()
+	for name, m := range c.members {
+		m.mu.Lock()
+		reachable := !m.suspect && now.After(m.unreachable)
+		m.mu.Unlock()
+		if reachable {
+			directs = append(directs, direct{name: name, addr: m.Meta.GetRemoteAddress(), to: m.chats})
+		}
+	}
+	c.mu.RUnlock()
+	var err error
+	for i := range directs {
+		d := &directs[i]
+		d.load = c.localLoad(d.addr)
+		if d.body, err = proto.Marshal(d.load); err != nil {
+			return
+		}
+	}
+	c.mu.Lock()
+	if c.lastTold == nil {
+		c.lastTold = map[string][]byte{}
+	}
+	for name := range c.lastTold {
+		if _, ok := c.members[name]; !ok {
+			delete(c.lastTold, name)
+		}
+	}
+	n := 0
+	for _, d := range directs {
+		if force || string(d.body) != string(c.lastTold[d.name]) {
+			c.lastTold[d.name] = d.body
+			directs[n] = d
+			n++
+		}
+	}
+	directs = directs[:n]
+	var seq uint64
+	if n > 0 {
+		c.seq++
+		seq = c.seq
+	}
+	c.mu.Unlock()
+	for _, d := range directs {
+		d.load.Seq = seq
+		c.system.Root.Send(d.to, d.load)
+	}
 }
 
 // watchSuspects marks members that have gone silent, so they get no new
@@ -454,179 +549,9 @@ func newMember(name string, meta *actors.NodeMeta) *Member {
 		silent: silent,
 		hush:   hush,
 		load:   map[string]*actors.LayoutLoad{},
-		sent:   map[string]int{},
+		mine:   map[string]int{},
 		heard:  time.Now(),
 	}
-}
-
-// Target is where a chat runs.
-type Target struct {
-	Node string
-	// Local is the layout when the chat runs on this node.
-	Local *actors.Layout
-	// Remote is the host of the chosen node otherwise.
-	Remote *actor.PID
-	// Gone ends when the chosen node is gone (never, for this node).
-	Gone context.Context
-	// Silent ends when the chosen node falls silent (nil for this node):
-	// a chat that has written nothing yet moves elsewhere then, rather
-	// than wait seconds more for the node to be declared dead.
-	Silent context.Context
-}
-
-// Serves reports whether any node, this one included, serves layout.
-func (c *Cluster) Serves(layout string) bool {
-	if _, ok := c.layouts[layout]; ok {
-		return true
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	for _, m := range c.members {
-		if slices.Contains(m.Meta.GetLayouts(), layout) {
-			return true
-		}
-	}
-	return false
-}
-
-// Layouts returns the names of the layouts served anywhere in the cluster,
-// sorted: this node's and those its live members announced.
-func (c *Cluster) Layouts() []string {
-	names := make([]string, 0, len(c.layouts))
-	for name := range c.layouts {
-		names = append(names, name)
-	}
-	c.mu.RLock()
-	for _, m := range c.members {
-		names = append(names, m.Meta.GetLayouts()...)
-	}
-	c.mu.RUnlock()
-	slices.Sort(names)
-	return slices.Compact(names)
-}
-
-// candidate is a node that could run a chat, with its load as known here.
-type candidate struct {
-	name           string
-	local          *actors.Layout
-	member         *Member
-	capacity, busy int // busy: running + queued (+ sent since its report)
-	queueLimit     int
-	rendezvous     uint64
-}
-
-func (k candidate) room() bool  { return k.busy < k.capacity }
-func (k candidate) queue() bool { return k.busy < k.capacity+k.queueLimit }
-
-// Route picks the node for a chat of layout: the node its conversation
-// (key) sticks to while that node has room; else this node if it has room;
-// else the member with the most room; when all are full, the one with the
-// shortest queue that still has space, and when even the queues look full,
-// the least loaded member, whose own admission has the last word. Nodes in
-// tried are skipped. It returns actors.ErrOverloaded when this node is full
-// and every member has been tried, ErrNoNode when none serves the layout or
-// all are unhealthy.
-func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
-	var cands []candidate
-	c.mu.RLock()
-	draining := c.draining
-	c.mu.RUnlock()
-	if l, ok := c.layouts[layout]; ok && !draining && !slices.Contains(tried, c.cfg.NodeName) && l.Health().Healthy {
-		running, queued := l.Admission.Load()
-		cands = append(cands, candidate{name: c.cfg.NodeName, local: l, capacity: l.Admission.Capacity(),
-			busy: running + queued, queueLimit: l.Admission.QueueLimit()})
-	}
-	now := time.Now()
-	c.mu.RLock()
-	for name, m := range c.members {
-		if slices.Contains(tried, name) {
-			continue
-		}
-		m.mu.Lock()
-		load := m.load[layout]
-		if load != nil && load.Healthy && !m.suspect && now.After(m.unreachable) {
-			cands = append(cands, candidate{name: name, member: m, capacity: int(load.Capacity),
-				busy: int(load.Running+load.Queued) + m.sent[layout], queueLimit: int(load.QueueLimit)})
-		}
-		m.mu.Unlock()
-	}
-	c.mu.RUnlock()
-	if len(cands) == 0 {
-		return Target{}, ErrNoNode
-	}
-
-	var pick *candidate
-	if key != "" {
-		// A conversation sticks to its own node only, and only while that
-		// node has room; otherwise the load decides.
-		top := &cands[0]
-		for i := range cands {
-			cands[i].rendezvous = rendezvous(key, cands[i].name)
-			if cands[i].rendezvous > top.rendezvous {
-				top = &cands[i]
-			}
-		}
-		if top.room() {
-			pick = top
-		}
-	}
-	if pick == nil && cands[0].local != nil && cands[0].room() {
-		pick = &cands[0]
-	}
-	if pick == nil {
-		for i := range cands {
-			k := &cands[i]
-			if !k.queue() {
-				continue
-			}
-			if pick == nil || freeRatio(k) > freeRatio(pick) {
-				pick = k
-			}
-		}
-	}
-	if pick == nil {
-		// Members' loads are up to a report old and this node counts its
-		// own chats to them until the next report, so they look fuller
-		// than they are. Before refusing, let the least loaded member's
-		// own admission decide; one that refuses goes to tried.
-		for i := range cands {
-			if k := &cands[i]; k.member != nil && (pick == nil || freeRatio(k) > freeRatio(pick)) {
-				pick = k
-			}
-		}
-	}
-	if pick == nil {
-		if c.logger.Enabled(context.Background(), slog.LevelDebug) {
-			for _, k := range cands {
-				c.logger.Debug("no room", "layout", layout, "candidate", k.name, "busy", k.busy, "capacity", k.capacity, "queue", k.queueLimit)
-			}
-		}
-		return Target{}, actors.ErrOverloaded
-	}
-	if pick.local != nil {
-		return Target{Node: pick.name, Local: pick.local, Gone: context.Background()}, nil
-	}
-	m := pick.member
-	m.mu.Lock()
-	m.sent[layout]++
-	silent := m.silent
-	m.mu.Unlock()
-	return Target{Node: m.Name, Remote: m.chats, Gone: m.gone, Silent: silent}, nil
-}
-
-func freeRatio(k *candidate) float64 {
-	return float64(k.capacity+k.queueLimit-k.busy) / float64(k.capacity+k.queueLimit)
-}
-
-// rendezvous is highest-random-weight hashing: each conversation ranks the
-// nodes the same way everywhere, and a node leaving moves only its own
-// conversations.
-func rendezvous(key, node string) uint64 {
-	h := fnv.New64a()
-	_, _ = io.WriteString(h, key)
-	_, _ = h.Write([]byte{0})
-	_, _ = io.WriteString(h, node)
-	return h.Sum64()
 }
 
 // Leave tells the cluster this node is going, waits up to timeout for the

@@ -46,7 +46,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 // LocalState implements memberlist.Delegate: the push/pull exchange carries
 // this node's load, so a node that joins knows everyone's at once.
 func (d *delegate) LocalState(join bool) []byte {
-	load := d.c().localLoad()
+	load := d.c().localLoad("")
 	d.mu.RLock()
 	load.Seq = d.seq
 	d.mu.RUnlock()
@@ -100,6 +100,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	c.logger.Info("member joined", "member", n.Name, "layouts", meta.GetLayouts())
 	// Tell the newcomer our load now rather than at the next change.
 	c.broadcastLoad(true)
+	c.tellLoad(true)
 }
 
 // NotifyLeave implements memberlist.EventDelegate: a member left
@@ -182,8 +183,15 @@ func decodeMeta(n *memberlist.Node) (*actors.NodeMeta, error) {
 	return &meta, nil
 }
 
-// applyLoad records a member's load report unless a newer one is known.
-func (c *Cluster) applyLoad(load *actors.NodeLoad) {
+// applyLoad records a member's load report, broadcast to everybody,
+// unless a newer report is known.
+func (c *Cluster) applyLoad(load *actors.NodeLoad) { c.apply(load, false) }
+
+// applyDirect records a load report a member sent this node alone: its
+// counts leave out the chats this node sent there.
+func (c *Cluster) applyDirect(load *actors.NodeLoad) { c.apply(load, true) }
+
+func (c *Cluster) apply(load *actors.NodeLoad, direct bool) {
 	c.mu.RLock()
 	m, ok := c.members[load.GetNode()]
 	c.mu.RUnlock()
@@ -192,17 +200,25 @@ func (c *Cluster) applyLoad(load *actors.NodeLoad) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.heard = time.Now() // any report, even a repeated one, is a sign of life
-	if load.GetSeq() <= m.seq {
+	now := time.Now()
+	m.heard = now // any report, even a repeated one, is a sign of life
+	seq := load.GetSeq()
+	if direct {
+		if seq > m.direct {
+			m.direct = seq
+			m.others = m.recent.add(now, load)
+		}
 		return
 	}
-	m.seq = load.GetSeq()
+	if seq <= m.seq {
+		return
+	}
+	m.seq = seq
 	m.draining = load.GetDraining()
 	clear(m.load)
 	for _, l := range load.GetLayouts() {
 		m.load[l.GetLayout()] = l
 	}
-	clear(m.sent)
 }
 
 // loadBroadcast is one node's load report in memberlist's broadcast queue;

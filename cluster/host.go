@@ -17,14 +17,17 @@ const hostName = "troupe/chats"
 
 // host runs chats that other nodes' gateways send to this node. For each it
 // takes a place in the local layout's admission (so local and remote chats
-// share one bound), relays the answer back, and releases the place when the
-// chat ends; it cancels the chats of a gateway node that goes away.
+// share one bound), for the gateway's node (so that node can be told the
+// load of everybody else), relays the answer back, and releases the place
+// when the chat ends; it cancels the chats of a gateway node that goes
+// away. It also takes the load reports members send this node directly.
 type host struct {
 	system  *actor.ActorSystem
 	layouts map[string]*actors.Layout
 	logger  *slog.Logger
 	metrics *metrics
 	pid     *actor.PID
+	onLoad  func(*actors.NodeLoad)
 
 	mu       sync.Mutex
 	chats    map[string]*hostedChat // by chat id
@@ -40,8 +43,8 @@ type hostedChat struct {
 
 var errGatewayGone = errors.New("the gateway node went away")
 
-func startHost(system *actor.ActorSystem, layouts map[string]*actors.Layout, logger *slog.Logger, m *metrics) *host {
-	h := &host{system: system, layouts: layouts, logger: logger, metrics: m, chats: map[string]*hostedChat{}, idle: make(chan struct{})}
+func startHost(system *actor.ActorSystem, layouts map[string]*actors.Layout, logger *slog.Logger, m *metrics, onLoad func(*actors.NodeLoad)) *host {
+	h := &host{system: system, layouts: layouts, logger: logger, metrics: m, onLoad: onLoad, chats: map[string]*hostedChat{}, idle: make(chan struct{})}
 	pid, err := system.Root.SpawnNamed(actor.PropsFromFunc(h.receive), hostName)
 	if err != nil {
 		panic("cluster: spawning the chat host: " + err.Error())
@@ -64,6 +67,8 @@ func (h *host) receive(c actor.Context) {
 		if hc != nil {
 			hc.cancel(errors.New(msg.Reason))
 		}
+	case *actors.NodeLoad:
+		h.onLoad(msg)
 	}
 }
 
@@ -107,19 +112,26 @@ func (h *host) run(ctx context.Context, hc *hostedChat) {
 		hc.cancel(nil)
 	}()
 	req, gateway := hc.req, hc.req.ReplyTo
-	if err := hc.layout.Admission.Acquire(ctx); err != nil {
-		code, reason := actors.Code_CODE_CANCELED, "the chat was cancelled"
+	admission, origin := hc.layout.Admission, gateway.GetAddress()
+	if err := admission.AcquireFor(ctx, origin); err != nil {
+		f := &actors.Failure{ChatId: req.ChatId, Code: actors.Code_CODE_CANCELED, Reason: "the chat was cancelled", ReplyTo: gateway}
 		if errors.Is(err, actors.ErrOverloaded) {
-			code, reason = actors.Code_CODE_OVERLOADED, "this node is full"
+			f.Code, f.Reason = actors.Code_CODE_OVERLOADED, "this node is full"
+			f.RetryAfterMs = uint32(admission.RetryAfter().Milliseconds())
 		}
-		h.system.Root.Send(gateway, &actors.Failure{ChatId: req.ChatId, Code: code, Reason: reason, ReplyTo: gateway})
+		h.system.Root.Send(gateway, f)
 		return
 	}
-	defer hc.layout.Admission.Release()
+	// The place is free again as soon as the answer is complete, before
+	// the gateway hears of it: the gateway counts the chat until then, so
+	// a chat it sends next never finds this place still taken.
+	var once sync.Once
+	release := func() { once.Do(func() { admission.ReleaseFor(origin) }) }
+	defer release()
 
 	// The relay is the chat's reply address on this node: it forwards the
 	// answer to the gateway and tells us when it ended.
-	relay := newRelay(h.system, req.ChatId, gateway)
+	relay := newRelay(h.system, req.ChatId, gateway, release)
 	defer relay.close()
 	req.ReplyTo = relay.pid
 	stopWatch := context.AfterFunc(hc.layout.Epoch().Context(), func() {
@@ -199,12 +211,13 @@ type relay struct {
 	chatID  string
 	pid     *actor.PID
 	gateway *actor.PID
+	ended   func() // called before the terminal message goes on
 	once    sync.Once
 	done    chan struct{}
 }
 
-func newRelay(system *actor.ActorSystem, chatID string, gateway *actor.PID) *relay {
-	r := &relay{system: system, chatID: chatID, gateway: gateway, done: make(chan struct{})}
+func newRelay(system *actor.ActorSystem, chatID string, gateway *actor.PID, ended func()) *relay {
+	r := &relay{system: system, chatID: chatID, gateway: gateway, ended: ended, done: make(chan struct{})}
 	r.pid, _ = system.ProcessRegistry.Add(r, "relay$"+chatID+"$"+system.ProcessRegistry.NextId())
 	return r
 }
@@ -223,9 +236,11 @@ func (r *relay) SendUserMessage(_ *actor.PID, message any) {
 		m.ReplyTo = r.gateway
 	case *actors.End:
 		m.ReplyTo = r.gateway
+		r.ended()
 		defer r.finish()
 	case *actors.Failure:
 		m.ReplyTo = r.gateway
+		r.ended()
 		defer r.finish()
 	default:
 		return

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/hashicorp/memberlist"
 
 	"github.com/troupe-llm/troupe/actors"
 )
@@ -39,15 +41,25 @@ func testCluster(t *testing.T, capacity, queue int) (*Cluster, *actors.Layout) {
 			t.Errorf("stopping the layout: %v", err)
 		}
 	})
+	// Exactly these bounds, whatever a layout makes of a queue of 0.
+	l.Admission = actors.NewAdmission(capacity, queue)
 	c := &Cluster{
 		cfg:     Config{NodeName: "self"},
+		system:  system,
 		logger:  slog.New(slog.DiscardHandler),
 		layouts: map[string]*actors.Layout{"llm": l},
 		members: map[string]*Member{},
+		dead:    map[string]deadMember{},
+		queue:   &memberlist.TransmitLimitedQueue{NumNodes: func() int { return 1 }, RetransmitMult: 1},
 	}
+	c.metrics = newMetrics(nil, c)
+	c.host = startHost(system, c.layouts, c.logger, c.metrics, c.applyDirect)
+	t.Cleanup(c.host.stop)
 	return c, l
 }
 
+// addMember adds a member serving "llm" with the load it broadcast: its
+// counts hold everybody's chats, this node's too.
 func (c *Cluster) addMember(name string, running, queued, capacity, queueLimit uint32, healthy bool) *Member {
 	m := newMember(name, &actors.NodeMeta{RemoteAddress: name + ":1", Layouts: []string{"llm"}})
 	c.members[name] = m
@@ -55,6 +67,14 @@ func (c *Cluster) addMember(name string, running, queued, capacity, queueLimit u
 		Layout: "llm", Capacity: capacity, Running: running, Queued: queued, QueueLimit: queueLimit, Healthy: healthy,
 	}}})
 	return m
+}
+
+// tell applies a direct report from a member: its counts leave out the
+// chats this node sent there.
+func (c *Cluster) tell(name string, seq uint64, running, queued, capacity, queueLimit uint32) {
+	c.applyDirect(&actors.NodeLoad{Node: name, Seq: seq, Layouts: []*actors.LayoutLoad{{
+		Layout: "llm", Capacity: capacity, Running: running, Queued: queued, QueueLimit: queueLimit, Healthy: true,
+	}}})
 }
 
 func fill(t *testing.T, l *actors.Layout, n int) {
@@ -71,13 +91,31 @@ func fill(t *testing.T, l *actors.Layout, n int) {
 	})
 }
 
+// route routes a chat and ends it at once, and returns where it went.
 func route(t *testing.T, c *Cluster, key string, tried ...string) string {
 	t.Helper()
 	target, err := c.Route("llm", key, tried)
 	if err != nil {
 		t.Fatalf("route: %v", err)
 	}
+	if target.Done != nil {
+		target.Done()
+	}
 	return target.Node
+}
+
+// routeTo routes a chat, which must go to want, and returns its target,
+// whose Done is the test's to call.
+func routeTo(t *testing.T, c *Cluster, key, want string, tried ...string) Target {
+	t.Helper()
+	target, err := c.Route("llm", key, tried)
+	if err != nil {
+		t.Fatalf("route: %v", err)
+	}
+	if target.Node != want {
+		t.Fatalf("routed to %s, want %s", target.Node, want)
+	}
+	return target
 }
 
 func TestRoutePrefersThisNodeWithRoom(t *testing.T) {
@@ -91,22 +129,26 @@ func TestRoutePrefersThisNodeWithRoom(t *testing.T) {
 func TestRouteGoesToMemberWithMostRoomWhenFull(t *testing.T) {
 	c, l := testCluster(t, 2, 2)
 	fill(t, l, 2)
-	c.addMember("b", 7, 0, 10, 10, true) // 13/20 free
-	c.addMember("c", 2, 0, 8, 8, true)   // 14/16 free
-	// Chats sent since c's last report count against it until the next:
-	// with 6 of 16 taken, c has less room than b.
+	c.addMember("b", 7, 0, 10, 10, true)
+	c.addMember("c", 2, 0, 8, 8, true)
+	c.tell("b", 2, 7, 0, 10, 10) // 13 of 20 free
+	c.tell("c", 2, 2, 0, 8, 8)   // 14 of 16 free
+	// Chats this node sent count against c until they end: with 6 of 16
+	// taken, c has less room than b.
+	var toC []Target
 	for i := 0; i < 4; i++ {
-		if got := route(t, c, ""); got != "c" {
-			t.Fatalf("chat %d routed to %s, want c", i, got)
-		}
+		target := routeTo(t, c, "", "c")
+		toC = append(toC, target)
 	}
-	if got := route(t, c, ""); got != "b" {
-		t.Fatalf("after sending c four chats, routed to %s, want b", got)
+	routeTo(t, c, "", "b").Done()
+	// A report from c counts only the others' chats there: this node's
+	// four are still running, and still count.
+	c.tell("c", 3, 2, 0, 8, 8)
+	routeTo(t, c, "", "b").Done()
+	for _, target := range toC {
+		target.Done()
 	}
-	c.applyLoad(&actors.NodeLoad{Node: "c", Seq: 2, Layouts: []*actors.LayoutLoad{{Layout: "llm", Capacity: 8, QueueLimit: 8, Healthy: true}}})
-	if got := route(t, c, ""); got != "c" {
-		t.Fatalf("after c's fresh report, routed to %s, want c", got)
-	}
+	routeTo(t, c, "", "c").Done()
 }
 
 func TestRouteSkipsUnhealthySuspectAndUnreachable(t *testing.T) {
@@ -267,5 +309,191 @@ func TestSilentMember(t *testing.T) {
 	case <-again.Silent.Done():
 		t.Fatal("a member that speaks again hands out a silent context already ended")
 	default:
+	}
+}
+
+// Every chat this node sends a member counts against it from Route until
+// its Done, however it ends; the member's reports count only the others'
+// chats there. So no chat goes to a full member while another has room.
+func TestRouteCountsOwnChatsFromDispatchToEnd(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	for _, n := range []string{"b", "c"} {
+		c.addMember(n, 0, 0, 2, 0, true)
+		c.tell(n, 2, 0, 0, 2, 0)
+	}
+	// Four places, four chats: two on each, whatever the order.
+	on := map[string][]Target{}
+	for range 4 {
+		target, err := c.Route("llm", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[target.Node] = append(on[target.Node], target)
+	}
+	if len(on["b"]) != 2 || len(on["c"]) != 2 {
+		t.Fatalf("4 chats over two members of 2 places: %d on b, %d on c", len(on["b"]), len(on["c"]))
+	}
+	// Reports built after the chats started leave them out: they do not
+	// free their places.
+	c.tell("b", 3, 0, 0, 2, 0)
+	c.tell("c", 3, 0, 0, 2, 0)
+	// A chat that ends frees its place at once, before any report.
+	on["b"][0].Done()
+	held := routeTo(t, c, "", "b")
+	// So does one that failed.
+	on["c"][0].Done()
+	moved := routeTo(t, c, "", "c")
+	// A chat b refuses ends its attempt there and is routed again without
+	// b (to c, full: a last try); the place it had on b is free at once.
+	held.Done()
+	refused := routeTo(t, c, "", "b")
+	refused.Done()
+	routeTo(t, c, "", "c", "b").Done()
+	routeTo(t, c, "", "b").Done()
+	moved.Done()
+	// Others' chats take places too: c is full with one of this node's
+	// and one of another gateway's, b has room.
+	c.tell("c", 4, 1, 0, 2, 0)
+	routeTo(t, c, "", "b").Done()
+	on["b"][1].Done()
+	on["c"][1].Done()
+}
+
+// Before a member's first direct report, its broadcast counts this node's
+// chats as well as the others'; counting them twice errs on the side of
+// room elsewhere.
+func TestRouteBeforeTheFirstDirectReport(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	c.addMember("b", 0, 0, 2, 0, true)
+	c.addMember("c", 0, 0, 4, 0, true)
+	c.tell("c", 2, 3, 0, 4, 0) // three others', one free
+	first := routeTo(t, c, "", "b")
+	// b's broadcast counts that chat too: b looks full.
+	c.applyLoad(&actors.NodeLoad{Node: "b", Seq: 2, Layouts: []*actors.LayoutLoad{{Layout: "llm", Capacity: 2, Running: 1, Healthy: true}}})
+	routeTo(t, c, "", "c").Done()
+	c.tell("b", 3, 0, 0, 2, 0)
+	routeTo(t, c, "", "b").Done()
+	first.Done()
+}
+
+// Places another gateway's chats left a moment ago are probably about to
+// be taken again by that gateway's next chats: while a place surely free
+// is elsewhere, this node takes that one; it never queues a chat while a
+// place is free by the latest report.
+func TestRouteWaryOfPlacesJustLeft(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	b := c.addMember("b", 0, 0, 4, 0, true)
+	c.addMember("c", 0, 0, 4, 0, true)
+	c.tell("b", 2, 4, 0, 4, 0) // full of another gateway's chats
+	c.tell("b", 3, 1, 0, 4, 0) // three of them just ended
+	c.tell("c", 2, 3, 0, 4, 0) // one place, free all along
+	onC := routeTo(t, c, "", "c")
+	routeTo(t, c, "", "b").Done() // c is full now: b's room is the only room
+	onC.Done()
+	// b's places stay free through the window: they are room like any.
+	b.mu.Lock()
+	for i := range b.recent {
+		b.recent[i].at = b.recent[i].at.Add(-cautionWindow - time.Millisecond)
+	}
+	b.mu.Unlock()
+	c.tell("b", 4, 1, 0, 4, 0)
+	routeTo(t, c, "", "b").Done()
+}
+
+// Choosing a node and booking the chat there are one step: chats routed at
+// once fill every place exactly, here and on members.
+func TestRouteBooksConcurrentChatsExactly(t *testing.T) {
+	c, l := testCluster(t, 10, 0)
+	c.addMember("b", 0, 0, 40, 0, true)
+	c.addMember("c", 0, 0, 50, 0, true)
+	c.tell("b", 2, 0, 0, 40, 0)
+	c.tell("c", 2, 0, 0, 50, 0)
+	targets := make(chan Target, 100)
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			target, err := c.Route("llm", "", nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			targets <- target
+		}()
+	}
+	wg.Wait()
+	close(targets)
+	count := map[string]int{}
+	for target := range targets {
+		count[target.Node]++
+		if target.Local != nil && !target.Admitted {
+			t.Error("a chat routed here with room has no place yet")
+		}
+		defer target.Done()
+	}
+	if count["self"] != 10 || count["b"] != 40 || count["c"] != 50 {
+		t.Fatalf("100 chats on 100 places: %v", count)
+	}
+	if running, _ := l.Admission.Load(); running != 10 {
+		t.Fatalf("%d places taken here, want 10", running)
+	}
+}
+
+// A member that dies takes its chats with it: whatever it was counted for
+// goes with it, and when it comes back it starts empty; the chats' late
+// Done changes nothing.
+func TestRouteMemberThatDies(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	c.addMember("b", 0, 0, 2, 0, true)
+	c.tell("b", 2, 0, 0, 2, 0)
+	c.addMember("c", 0, 0, 8, 0, true)
+	c.tell("c", 2, 6, 0, 8, 0)
+	old := []Target{routeTo(t, c, "", "b"), routeTo(t, c, "", "b")}
+	routeTo(t, c, "", "c").Done() // b full
+
+	// Its connection drops: no chats for it for a while, and its chats'
+	// attempts end.
+	c.peerDisconnected("b:1")
+	for _, target := range old {
+		select {
+		case <-target.Gone.Done():
+		default:
+			t.Fatal("a chat on the member that died was not told")
+		}
+	}
+	routeTo(t, c, "", "c").Done()
+	// It comes back (memberlist sees it join again) and reports.
+	c.mu.Lock()
+	c.members["b"] = newMember("b", c.members["b"].Meta)
+	c.mu.Unlock()
+	c.applyLoad(&actors.NodeLoad{Node: "b", Seq: 9, Layouts: []*actors.LayoutLoad{{Layout: "llm", Capacity: 2, Healthy: true}}})
+	c.tell("b", 10, 0, 0, 2, 0)
+	for _, target := range old {
+		target.Done()
+	}
+	again := []Target{routeTo(t, c, "", "b"), routeTo(t, c, "", "b")}
+	routeTo(t, c, "", "c").Done()
+	for _, target := range again {
+		target.Done()
+	}
+}
+
+// Refused by every node, a gateway hears how long this node expects to
+// stay full.
+func TestRouteOverloadedSaysWhenToRetry(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	_, err := c.Route("llm", "", nil)
+	var w interface{ RetryAfter() time.Duration }
+	if !errors.Is(err, actors.ErrOverloaded) || !errors.As(err, &w) {
+		t.Fatalf("got %v, want an overload with a RetryAfter", err)
+	}
+	if got, want := w.RetryAfter(), l.Admission.RetryAfter(); got != want || got <= 0 {
+		t.Fatalf("RetryAfter %v, want the admission's %v", got, want)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -239,6 +240,11 @@ func TestOverloadIsRejected(t *testing.T) {
 	resp := n.post(ctx, "/v1/completion", form(userInput("b")))
 	if body := readAll(t, resp); resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, "Too many chats") {
 		t.Fatalf("got %d %q, want 429", resp.StatusCode, body)
+	}
+	// No chat has ended since the node filled: how fast it drains is not
+	// known yet, and the client is told the longest wait.
+	if got := resp.Header.Get("Retry-After"); got != "60" {
+		t.Fatalf("Retry-After %q, want 60", got)
 	}
 	close(g.release)
 	wg.Wait()
@@ -492,4 +498,139 @@ func stopLayout(t *testing.T, l *actors.Layout) {
 	if err := l.Stop(ctx); err != nil {
 		t.Errorf("stopping the layout: %v", err)
 	}
+}
+
+// routerFunc is a Router made of a function, for one node's layout.
+type routerFunc func(tried []string) (gateway.Target, error)
+
+func (f routerFunc) Route(_, _ string, tried []string) (gateway.Target, error) { return f(tried) }
+func (f routerFunc) Serves(layout string) bool                                 { return layout == "llm" }
+func (f routerFunc) Layouts() []string                                         { return []string{"llm"} }
+
+// overloadedFor is a router's refusal that says how long until it expects
+// room.
+type overloadedFor time.Duration
+
+func (e overloadedFor) Error() string             { return "overloaded" }
+func (e overloadedFor) Is(target error) bool      { return target == actors.ErrOverloaded }
+func (e overloadedFor) RetryAfter() time.Duration { return time.Duration(e) }
+
+// A chat refused by every node gets a Retry-After of the soonest any of
+// them expects room, whether a node's admission or its model's upstream
+// said so; a node that said nothing is no evidence.
+func TestRetryAfterIsTheSoonestAnyNodeExpects(t *testing.T) {
+	busy := &scripted{err: &actors.Error{Code: actors.Code_CODE_OVERLOADED, Reason: "busy", RetryAfter: 2500 * time.Millisecond}}
+	for _, tt := range []struct {
+		name     string
+		upstream bool          // the chat runs here first, and the upstream says 2.5 s
+		router   time.Duration // then the router refuses with this wait
+		want     string
+	}{
+		{"upstream sooner", true, 10 * time.Second, "3"},
+		{"router sooner", true, 1500 * time.Millisecond, "2"},
+		{"router says nothing", true, 0, "3"},
+		{"router alone", false, 4 * time.Second, "4"},
+		{"nobody says", false, 0, "1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := startNodeWith(t, actors.PipelineSpec{Model: modelOf(busy, 4, 4)}, func(cfg *gateway.Config) {
+				l := cfg.Layouts["llm"]
+				cfg.Router = routerFunc(func(tried []string) (gateway.Target, error) {
+					if tt.upstream && len(tried) == 0 {
+						return gateway.Target{Node: "self", Local: l, Gone: context.Background()}, nil
+					}
+					return gateway.Target{}, overloadedFor(tt.router)
+				})
+			})
+			resp := n.post(ctxFor(t), "/v1/completion", form(userInput("x")))
+			body := readAll(t, resp)
+			if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != tt.want {
+				t.Fatalf("status %d, Retry-After %q (want %s): %q", resp.StatusCode, resp.Header.Get("Retry-After"), tt.want, body)
+			}
+		})
+	}
+}
+
+// refuser is a model that refuses its next chat as overloaded when told to,
+// and otherwise is next.
+type refuser struct {
+	refuse atomic.Bool
+	next   actors.Model
+}
+
+func (r *refuser) Generate(ctx context.Context, req *actors.ChatRequest, emit func(string) error) error {
+	if r.refuse.CompareAndSwap(true, false) {
+		return &actors.Error{Code: actors.Code_CODE_OVERLOADED, Reason: "full"}
+	}
+	return r.next.Generate(ctx, req, emit)
+}
+
+// The gateway calls a target's Done once when the chat's attempt there
+// ends, however it ends, and takes no second place for a chat the router
+// admitted.
+func TestTargetDoneOncePerAttempt(t *testing.T) {
+	g := newGate()
+	model := &refuser{next: g}
+	var mu sync.Mutex
+	routed, done := 0, 0
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return routed, done
+	}
+	n := startNodeWith(t, actors.PipelineSpec{Model: modelOf(model, 4, 4)}, func(cfg *gateway.Config) {
+		l := cfg.Layouts["llm"]
+		cfg.Router = routerFunc(func(tried []string) (gateway.Target, error) {
+			if len(tried) > 1 || !l.Admission.TryAcquire() {
+				return gateway.Target{}, actors.ErrOverloaded
+			}
+			mu.Lock()
+			routed++
+			mu.Unlock()
+			return gateway.Target{Node: "self", Local: l, Admitted: true, Gone: context.Background(), Done: func() {
+				l.Admission.Release()
+				mu.Lock()
+				done++
+				mu.Unlock()
+			}}, nil
+		})
+	})
+	ctx := ctxFor(t)
+	check := func(what string, wantRouted, wantDone int) {
+		t.Helper()
+		if r, d := counts(); r != wantRouted || d != wantDone {
+			t.Fatalf("%s: routed %d, done %d; want %d, %d", what, r, d, wantRouted, wantDone)
+		}
+		if running, queued := n.layout.Admission.Load(); running != 0 || queued != 0 {
+			t.Fatalf("%s: places left taken: %d running, %d queued", what, running, queued)
+		}
+	}
+
+	go func() { <-g.started; g.release <- struct{}{} }()
+	if body := readAll(t, n.post(ctx, "/v1/completion", form(userInput("a")))); body != "a!" {
+		t.Fatalf("answer %q", body)
+	}
+	check("completed", 1, 1)
+
+	// Refused where it went first, then run on the next try: two
+	// attempts, two Dones.
+	model.refuse.Store(true)
+	go func() { <-g.started; g.release <- struct{}{} }()
+	if body := readAll(t, n.post(ctx, "/v1/completion", form(userInput("b")))); body != "b!" {
+		t.Fatalf("answer %q", body)
+	}
+	check("refused, then completed", 3, 3)
+
+	// Cancelled by its client, with one place taken while it ran.
+	cctx, cancel := context.WithCancel(ctx)
+	resp := n.post(cctx, "/v1/completion", form(userInput("c")))
+	<-g.started
+	if running, _ := n.layout.Admission.Load(); running != 1 {
+		t.Fatalf("%d places taken for one admitted chat", running)
+	}
+	cancel()
+	resp.Body.Close()
+	<-g.ended
+	waitFor(t, func() bool { _, d := counts(); return d == 4 }, "the cancelled chat's Done")
+	check("cancelled", 4, 4)
 }

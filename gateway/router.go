@@ -15,7 +15,9 @@ import (
 type Router interface {
 	// Route picks a node for a chat of layout; key names its conversation
 	// ("" when unknown); tried lists nodes that already refused it. It
-	// returns actors.ErrOverloaded when every node is full.
+	// returns an error that is actors.ErrOverloaded when every node is
+	// full; one with a method RetryAfter() time.Duration says how long
+	// until it expects room.
 	Route(layout, key string, tried []string) (Target, error)
 	// Serves reports whether any node serves layout.
 	Serves(layout string) bool
@@ -24,15 +26,22 @@ type Router interface {
 }
 
 // Target is where a chat runs: a local layout, or the chat host of another
-// node with a context that ends when that node is gone.
+// node with a context that ends when that node is gone. It has the fields
+// of cluster.Target, in the same order, so that one converts to the other.
 type Target struct {
-	Node   string
-	Local  *actors.Layout
-	Remote *actor.PID
-	Gone   context.Context
+	Node  string
+	Local *actors.Layout
+	// Admitted says the router already took a place in Local's admission
+	// for the chat, which Done gives back; otherwise the gateway takes one.
+	Admitted bool
+	Remote   *actor.PID
+	Gone     context.Context
 	// Silent, when not nil, ends while the node has gone silent: a chat
 	// that has written nothing yet is then tried elsewhere.
 	Silent context.Context
+	// Done, when not nil, is called once when the chat's attempt on the
+	// node ends, however it ends: the router counts the chat until then.
+	Done func()
 }
 
 // errNoNode is what a Router returns when no node serves a layout now.

@@ -127,22 +127,26 @@ func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot s
 
 	m := s.chatMetrics(req.Layout)
 	var tried []string
-	// The longest wait an overloaded model asked for, told to the client
-	// when every node refused.
-	var retryAfter time.Duration
+	// When every node refused, the client is told to come back when the
+	// first of them expects room: it is routed to that one then.
+	var retry retryAfter
 	for {
 		target, err := s.cfg.Router.Route(req.Layout, key, tried)
+		var w interface{ RetryAfter() time.Duration }
+		if errors.As(err, &w) {
+			retry.note(w.RetryAfter())
+		}
 		switch {
 		case errors.Is(err, actors.ErrOverloaded), err != nil && len(tried) > 0:
 			// Every node that could take it is full, refused or went away.
-			s.reject(out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", retryAfter)
+			s.reject(out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", retry.soonest)
 			return
 		case err != nil:
 			s.reject(out, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err), 0)
 			return
 		}
 		outcome, wait := s.runOn(ctx, cancel, target, req, out, m, start)
-		retryAfter = max(retryAfter, wait)
+		retry.note(wait)
 		if outcome == outcomeRetry {
 			tried = append(tried, target.Node)
 			s.metrics.reroutes.Inc()
@@ -156,23 +160,43 @@ func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot s
 // outcomeRetry is runOn's word for "nothing was written, try another node".
 const outcomeRetry = "retry"
 
+// retryAfter collects the waits of the nodes that refused a chat: how long
+// each expects to stay full (its queue over the rate it drains) or what its
+// model's upstream asked for. A client refused by all of them can come back
+// when the first has room, so the soonest counts; a node that said nothing
+// is no evidence either way.
+type retryAfter struct{ soonest time.Duration }
+
+func (r *retryAfter) note(wait time.Duration) {
+	if wait > 0 && (r.soonest == 0 || wait < r.soonest) {
+		r.soonest = wait
+	}
+}
+
 // runOn runs a chat on one target and returns its outcome, and for a retry
-// how long the model asked to wait. ctx and cancel are the chat's own: a
+// how long the node asked to wait. ctx and cancel are the chat's own: a
 // failed layout ends the chat, while a node gone ends only this attempt,
 // which may then be retried elsewhere.
 func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, target Target, req *actors.ChatRequest, out answer, m *chatMetrics, start time.Time) (string, time.Duration) {
+	if target.Done != nil {
+		defer target.Done()
+	}
 	var dest *actor.PID
 	st := out.state()
 	if l := target.Local; l != nil {
-		queued := time.Now()
-		if err := l.Admission.Acquire(ctx); err != nil {
-			if errors.Is(err, actors.ErrOverloaded) {
-				return outcomeRetry, 0
+		if target.Admitted {
+			m.queueWait.Observe(0)
+		} else {
+			queued := time.Now()
+			if err := l.Admission.Acquire(ctx); err != nil {
+				if errors.Is(err, actors.ErrOverloaded) {
+					return outcomeRetry, l.Admission.RetryAfter()
+				}
+				return outcomeCancelled, 0
 			}
-			return outcomeCancelled, 0
+			defer l.Admission.Release()
+			m.queueWait.Observe(time.Since(queued).Seconds())
 		}
-		defer l.Admission.Release()
-		m.queueWait.Observe(time.Since(queued).Seconds())
 		epoch := l.Epoch()
 		dest = epoch.Entry(l)
 		defer context.AfterFunc(epoch.Context(), func() { cancel(errLayoutFailed) })()
