@@ -32,6 +32,7 @@ func newChat(llm, text, want string) chat {
 // record is what happened to one chat.
 type record struct {
 	sent, done time.Time
+	first      time.Time // the first byte of the answer read; zero if none
 	status     int
 	node       string // X-Troupe-Node
 	ok         bool   // 200 and exactly the answer wanted
@@ -40,6 +41,14 @@ type record struct {
 }
 
 func (r record) latency() time.Duration { return r.done.Sub(r.sent) }
+
+// firstChunk is the time to the first byte of the answer, 0 without one.
+func (r record) firstChunk() time.Duration {
+	if r.first.IsZero() {
+		return 0
+	}
+	return r.first.Sub(r.sent)
+}
 
 // newClient returns an HTTP client with a kept-alive connection for each
 // of up to clients concurrent chats.
@@ -57,21 +66,35 @@ func newClient(clients int) *http.Client {
 // their end (or chatTimeout), so that none that hangs goes unrecorded. It
 // returns every chat's record, by the time it was sent.
 func closedLoop(ctx context.Context, hc *http.Client, endpoint string, c chat, clients int, until time.Time) []record {
+	return closedLoops(ctx, hc, []loadShare{{endpoint, clients}}, c, until)
+}
+
+// loadShare is a number of clients that send their chats to one endpoint.
+type loadShare struct {
+	endpoint string
+	clients  int
+}
+
+// closedLoops is closedLoop with clients spread over several endpoints at
+// once.
+func closedLoops(ctx context.Context, hc *http.Client, shares []loadShare, c chat, until time.Time) []record {
 	var mu sync.Mutex
 	var all []record
 	var wg sync.WaitGroup
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []record
-			for ctx.Err() == nil && time.Now().Before(until) {
-				mine = append(mine, post(ctx, hc, endpoint, c))
-			}
-			mu.Lock()
-			all = append(all, mine...)
-			mu.Unlock()
-		}()
+	for _, s := range shares {
+		for range s.clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var mine []record
+				for ctx.Err() == nil && time.Now().Before(until) {
+					mine = append(mine, post(ctx, hc, s.endpoint, c))
+				}
+				mu.Lock()
+				all = append(all, mine...)
+				mu.Unlock()
+			}()
+		}
 	}
 	wg.Wait()
 	slices.SortFunc(all, func(a, b record) int { return a.sent.Compare(b.sent) })
@@ -87,6 +110,11 @@ func (w window) dur() time.Duration { return w.to.Sub(w.from) }
 // start and at the end of the measured window, which it returns with every
 // record. Ramp-up and draining fall outside the window.
 func measured(ctx context.Context, hc *http.Client, endpoint string, c chat, clients int, warmup, d time.Duration, mark func()) ([]record, window) {
+	return measuredShares(ctx, hc, []loadShare{{endpoint, clients}}, c, warmup, d, mark)
+}
+
+// measuredShares is measured with clients spread over several endpoints.
+func measuredShares(ctx context.Context, hc *http.Client, shares []loadShare, c chat, warmup, d time.Duration, mark func()) ([]record, window) {
 	start := time.Now()
 	w := window{from: start.Add(warmup), to: start.Add(warmup + d)}
 	marked := make(chan struct{})
@@ -101,7 +129,7 @@ func measured(ctx context.Context, hc *http.Client, endpoint string, c chat, cli
 			}
 		}
 	}()
-	rs := closedLoop(ctx, hc, endpoint, c, clients, w.to)
+	rs := closedLoops(ctx, hc, shares, c, w.to)
 	<-marked
 	return rs, w
 }
@@ -136,7 +164,7 @@ func post(ctx context.Context, hc *http.Client, endpoint string, c chat) record 
 		r.err, r.done = err.Error(), time.Now()
 		return r
 	}
-	body, err := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(&firstRead{r: resp.Body, at: &r.first})
 	resp.Body.Close()
 	r.done = time.Now()
 	r.status = resp.StatusCode
@@ -155,6 +183,20 @@ func post(ctx context.Context, hc *http.Client, endpoint string, c chat) record 
 		r.err = fmt.Sprintf("wrong answer (%d bytes)", len(body))
 	}
 	return r
+}
+
+// firstRead notes when the first bytes of a body were read.
+type firstRead struct {
+	r  io.Reader
+	at *time.Time
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if n > 0 && f.at.IsZero() {
+		*f.at = time.Now()
+	}
+	return n, err
 }
 
 // stats summarises the chats answered correctly.

@@ -1,8 +1,9 @@
 // Command cluster benchmarks a Troupe cluster of real processes on
 // 127.0.0.1: what a remote hop adds to a chat and to each chunk, how fast
 // five nodes find each other, how fast chats are routed around a killed
-// or silent node, and how throughput grows from one node to three behind
-// one gateway.
+// or silent node, how throughput grows from one node to three behind one
+// gateway, and whether a cluster with as many clients as places keeps
+// every place busy.
 //
 // Run it from the module: go run ./bench/cluster [-out bench/cluster/results.md].
 // See bench/cluster/README.md.
@@ -44,10 +45,11 @@ type options struct {
 	failoverClients int
 	steady          time.Duration
 	scaleDelay      time.Duration
+	satChat         time.Duration
 	timeout         time.Duration
 }
 
-var benchmarks = []string{"hop", "converge", "kill", "stop", "scale"}
+var benchmarks = []string{"hop", "converge", "kill", "stop", "scale", "saturate"}
 
 func main() {
 	var o options
@@ -65,6 +67,7 @@ func main() {
 	flag.IntVar(&o.failoverClients, "failover-clients", 8, "kill and stop: concurrent clients through the gateway")
 	flag.DurationVar(&o.steady, "steady", 2*time.Second, "kill and stop: steady load before the signal")
 	flag.DurationVar(&o.scaleDelay, "scale-delay", 10*time.Millisecond, "scale-out: the model's sleep per chunk")
+	flag.DurationVar(&o.satChat, "sat-chat", 500*time.Millisecond, "saturation: how long the model takes for a chat")
 	flag.DurationVar(&o.timeout, "timeout", 8*time.Minute, "give up (and kill every node) after this long")
 	flag.Parse()
 	o.only = strings.Split(only, ",")
@@ -77,8 +80,8 @@ func main() {
 		fail(errors.New("-duration must be in (0, 1m], -warmup in [0, 1m], -steady in [1s, 1m]"))
 	}
 	if o.rounds < 1 || o.rounds > 10 || o.convergeRounds < 1 || o.convergeRounds > 20 || o.cpuClients < 1 || o.cpuClients > 256 ||
-		o.failoverClients < 1 || o.failoverClients > 256 || o.scaleDelay < time.Millisecond || o.scaleDelay > time.Second {
-		fail(errors.New("-rounds 1-10, -converge-rounds 1-20, -cpu-clients and -failover-clients 1-256, -scale-delay 1ms-1s"))
+		o.failoverClients < 1 || o.failoverClients > 256 || o.scaleDelay < time.Millisecond || o.scaleDelay > time.Second || o.satChat < 10*time.Millisecond || o.satChat > 10*time.Second {
+		fail(errors.New("-rounds 1-10, -converge-rounds 1-20, -cpu-clients and -failover-clients 1-256, -scale-delay 1ms-1s, -sat-chat 10ms-10s"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
@@ -157,6 +160,8 @@ func run(ctx context.Context, o options) error {
 			rep.stop, err = b.failover(ctx, syscall.SIGSTOP, 10*time.Second)
 		case "scale":
 			rep.scale, err = b.scale(ctx)
+		case "saturate":
+			rep.saturate, err = b.saturate(ctx)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)

@@ -17,6 +17,11 @@ const (
 	goalKilled   = time.Second            // SIGKILL routed around
 	goalSilent   = 5 * time.Second        // silent node routed around
 	goalScale3   = 2.7                    // 3 nodes over 1
+	// Saturation: 3 nodes over 1 through one gateway, its p99 time to the
+	// first chunk, and 3 nodes over 1 through two gateways at once.
+	goalSat1   = 2.85
+	goalSatTTF = 50 * time.Millisecond
+	goalSat2   = 2.7
 )
 
 type report struct {
@@ -29,6 +34,7 @@ type report struct {
 	kill     *failoverResult
 	stop     *failoverResult
 	scale    []scaleRow
+	saturate []satRow
 }
 
 func met(ok bool) string {
@@ -90,6 +96,12 @@ func (r *report) markdown() string {
 	if len(r.scale) == 3 && r.scale[0].rate > 0 {
 		x := r.scale[2].rate / r.scale[0].rate
 		p("| 3 nodes give ≥ %.1fx the throughput of one | %.2fx | %s |\n", goalScale3, x, met(x >= goalScale3))
+	}
+	if s := r.saturate; len(s) == 3 && s[0].rate > 0 {
+		x1, x2 := s[1].rate/s[0].rate, s[2].rate/s[0].rate
+		p("| saturated, 3 nodes through 1 gateway give ≥ %.2fx one node | %.2fx | %s |\n", goalSat1, x1, met(x1 >= goalSat1))
+		p("| saturated, 3 nodes through 1 gateway: p99 time to first chunk < %s | %s | %s |\n", ms(goalSatTTF), ms(s[1].ttfcP99), met(s[1].ttfcP99 < goalSatTTF))
+		p("| saturated, 3 nodes through 2 gateways at once give ≥ %.1fx one node | %.2fx | %s |\n", goalSat2, x2, met(x2 >= goalSat2))
 	}
 	p("\n")
 
@@ -177,7 +189,36 @@ func (r *report) markdown() string {
 		}
 		p("\n")
 	}
+	if len(r.saturate) > 0 {
+		p("## Saturation\n\n")
+		p("Every node's model (`dummy`) runs %d chats at once (queue %d), each %v: \"a\" at once, \"b\" at the end. As many clients as places (%d per node), closed loop, %v after a %v warm-up; with two gateways, half the clients send to each. Time to first chunk: from sending the request to reading the answer's first byte; a chat that queued behind a full model waits most of a chat for it (\"waited\": over half a chat). Re-routed: chats a gateway moved after a node refused them.\n\n",
+			satConcurrency, satQueue, r.o.satChat, satConcurrency, r.o.duration, r.o.warmup)
+		p("| Run | Clients | chats/s | vs one node | first chunk p50 | p99 | waited | chat p50 | p99 | re-routed | failed | by node |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+		for _, row := range r.saturate {
+			p("| %s | %d | %.1f | %.2fx | %s | %s | %d of %d | %s | %s | %.0f | %d | %s |\n", row.name, row.clients, row.rate, row.rate/r.saturate[0].rate,
+				ms(row.ttfcP50), ms(row.ttfcP99), row.waited, row.sent, ms(row.p50), ms(row.p99), row.rerouted, row.failed, byNode(row.byNode))
+		}
+		for _, row := range r.saturate {
+			if row.firstErr != "" {
+				p("\n%s: first error a client saw: `%s`\n", row.name, row.firstErr)
+			}
+		}
+		p("\n")
+	}
 	return b.String()
+}
+
+func byNode(m map[string]int) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s %d", n, m[n]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // convergeStats returns the median and worst convergence time (-1 stands
