@@ -72,6 +72,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		level = slog.LevelDebug
 	}
 	logger := slog.New(newLogHandler(cfg.LogFormat, stderr, level))
+	// Kinds that log through slog's default logger (actors/kuwa) follow
+	// LOG_FORMAT too.
+	slog.SetDefault(logger)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
