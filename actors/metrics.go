@@ -19,6 +19,7 @@ type Metrics struct {
 	cancels    *prometheus.HistogramVec
 	firstChunk *prometheus.HistogramVec
 	splices    *prometheus.CounterVec
+	inFlight   *prometheus.GaugeVec
 	mailboxes  *mailboxCollector
 }
 
@@ -58,6 +59,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "troupe_fallback_splices_total",
 			Help: "Answers a fallback with resume continued on its next child after the failing one had started.",
 		}, labels),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "troupe_actor_in_flight",
+			Help: "Chats an actor holds now: a model's running and waiting in its host, a fallback's, fan-out's or pool's in progress.",
+		}, labels),
 		mailboxes: &mailboxCollector{
 			desc: prometheus.NewDesc("troupe_actor_mailbox_depth",
 				"User messages waiting in an actor's mailbox at scrape time.", labels, nil),
@@ -65,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.firstChunk, m.splices, m.mailboxes)
+		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.firstChunk, m.splices, m.inFlight, m.mailboxes)
 	}
 	return m
 }
@@ -93,6 +98,11 @@ func (m *Metrics) forActor(layout, path string) *actorMetrics {
 		failures:   m.failures.WithLabelValues(layout, path),
 		firstChunk: m.firstChunk.WithLabelValues(layout, path),
 	}
+}
+
+// inFlightOf is the in-flight gauge of an actor that holds chats.
+func (m *Metrics) inFlightOf(am *actorMetrics) prometheus.Gauge {
+	return m.inFlight.WithLabelValues(am.key.layout, am.key.path)
 }
 
 // props returns the Props of one of a layout's actors: instrumented, run by

@@ -35,6 +35,7 @@ type modelHost struct {
 	cancelled prometheus.Observer
 	// capacity 0 runs every chat at once.
 	capacity, queueLimit int
+	inFlight             prometheus.Gauge // nil in tests that build a host by hand
 
 	inflight map[string]*generation
 	pending  []*ChatRequest
@@ -59,6 +60,9 @@ const (
 )
 
 func (h *modelHost) Receive(c actor.Context) {
+	if h.inFlight != nil {
+		defer func() { h.inFlight.Set(float64(len(h.inflight) + len(h.pending))) }()
+	}
 	switch msg := c.Message().(type) {
 	case *ChatRequest:
 		h.start(c, msg)
@@ -125,6 +129,10 @@ func (h *modelHost) release() {
 func (h *modelHost) start(c actor.Context, req *ChatRequest) {
 	if _, dup := h.inflight[req.ChatId]; dup {
 		return
+	}
+	if req.PassedUnixNano == 0 {
+		// The model is the chat's first actor: its share starts here.
+		req.PassedUnixNano = time.Now().UnixNano()
 	}
 	if !h.room() {
 		if len(h.pending) >= h.queueLimit {

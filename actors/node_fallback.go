@@ -47,18 +47,20 @@ func (n *FallbackNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *
 	f := &fallbackActor{node: n, t: t, next: next}
 	props, am := t.props(n.Path, func(*actorMetrics) actor.Actor { return f }, &f.kids)
 	f.am = am
+	f.inFlight = t.metrics.inFlightOf(am)
 	f.splices = t.metrics.splices.WithLabelValues(t.layout.Name, n.Path)
 	return c.Spawn(props)
 }
 
 type fallbackActor struct {
-	node    *FallbackNode
-	t       *incarnation
-	next    *actor.PID
-	am      *actorMetrics
-	splices prometheus.Counter
-	kids    children
-	entries []*actor.PID
+	inFlight prometheus.Gauge
+	node     *FallbackNode
+	t        *incarnation
+	next     *actor.PID
+	am       *actorMetrics
+	splices  prometheus.Counter
+	kids     children
+	entries  []*actor.PID
 
 	chats map[string]*fallbackChat // by chat id
 	subs  map[string]*fallbackChat // by the id of the current attempt
@@ -80,6 +82,7 @@ type fallbackChat struct {
 }
 
 func (f *fallbackActor) Receive(c actor.Context) {
+	defer func() { f.inFlight.Set(float64(len(f.chats))) }()
 	switch msg := c.Message().(type) {
 	case *ChatRequest:
 		st := &fallbackChat{req: msg, out: outputOf(msg, f.next), arrived: msg.PassedUnixNano}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -62,16 +63,18 @@ func (n *FanoutNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *ac
 	f := &fanoutActor{node: n, t: t, next: next}
 	props, am := t.props(n.Path, func(*actorMetrics) actor.Actor { return f }, &f.kids)
 	f.am = am
+	f.inFlight = t.metrics.inFlightOf(am)
 	return c.Spawn(props)
 }
 
 type fanoutActor struct {
-	node    *FanoutNode
-	t       *incarnation
-	next    *actor.PID
-	am      *actorMetrics
-	kids    children
-	entries []*actor.PID
+	inFlight prometheus.Gauge
+	node     *FanoutNode
+	t        *incarnation
+	next     *actor.PID
+	am       *actorMetrics
+	kids     children
+	entries  []*actor.PID
 
 	chats map[string]*fanoutChat // by chat id
 	subs  map[string]fanoutSub   // by each child's chat id
@@ -107,6 +110,7 @@ type fanoutRun struct {
 }
 
 func (f *fanoutActor) Receive(c actor.Context) {
+	defer func() { f.inFlight.Set(float64(len(f.chats))) }()
 	switch msg := c.Message().(type) {
 	case *ChatRequest:
 		f.start(c, msg)

@@ -34,7 +34,7 @@ func (n *ModelNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *act
 	props, _ := t.props(n.Path, func(am *actorMetrics) actor.Actor {
 		model := t.instance(n.Path, func() (any, error) { return n.New() }).(Model)
 		return &modelHost{model: model, next: next, logger: t.logger, am: am, cancelled: cancelled,
-			capacity: n.capacity(), queueLimit: max(n.Queue, 0)}
+			capacity: n.capacity(), queueLimit: max(n.Queue, 0), inFlight: t.metrics.inFlightOf(am)}
 	}, nil)
 	return c.Spawn(props)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // PoolNode runs replicas of one child; each chat goes to the replica with the
@@ -44,20 +45,22 @@ func (n *PoolNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *acto
 	p := &poolActor{node: n, t: t, next: next}
 	props, am := t.props(n.Path, func(*actorMetrics) actor.Actor { return p }, &p.kids)
 	p.am = am
+	p.inFlight = t.metrics.inFlightOf(am)
 	return c.Spawn(props)
 }
 
 // poolActor sees every message of its chats: it counts each replica's chats
 // from request to end, so its choice is exact.
 type poolActor struct {
-	node    *PoolNode
-	t       *incarnation
-	next    *actor.PID
-	am      *actorMetrics
-	kids    children
-	entries []*actor.PID
-	busy    []int
-	last    int
+	inFlight prometheus.Gauge
+	node     *PoolNode
+	t        *incarnation
+	next     *actor.PID
+	am       *actorMetrics
+	kids     children
+	entries  []*actor.PID
+	busy     []int
+	last     int
 
 	chats map[string]poolChat
 }
@@ -69,6 +72,7 @@ type poolChat struct {
 }
 
 func (p *poolActor) Receive(c actor.Context) {
+	defer func() { p.inFlight.Set(float64(len(p.chats))) }()
 	switch msg := c.Message().(type) {
 	case *ChatRequest:
 		i := p.pick()

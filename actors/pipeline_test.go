@@ -455,6 +455,16 @@ func TestActorMetrics(t *testing.T) {
 	if got < 18 {
 		t.Fatalf("egress filter handled %v messages, want at least 18", got)
 	}
+	for _, path := range []string{"model/echo", "egress/0/pair"} {
+		if count, _ := histogram(t, h, "troupe_actor_first_chunk_seconds", path); count != 3 {
+			t.Errorf("%s: share of the time to first chunk observed %d times, want one per chat", path, count)
+		}
+	}
+	for _, path := range []string{"model/echo"} {
+		if v := testutil.ToFloat64(gauge(h, "troupe_actor_in_flight", path)); v != 0 {
+			t.Errorf("%s: %v chats in flight after every chat ended", path, v)
+		}
+	}
 }
 
 func restarts(h *harness, path string) prometheus.Collector {
@@ -485,6 +495,27 @@ func metricFor(h *harness, name, path string) prometheus.Collector {
 				}
 			}
 		}
+	})
+}
+
+// gauge reads one actor's gauge; a series not created yet reads 0.
+func gauge(h *harness, name, path string) prometheus.Collector {
+	return collectorFunc(func(ch chan<- prometheus.Metric) {
+		v := 0.0
+		mfs, _ := h.reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "actor" && l.GetValue() == path {
+						v = m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, "", nil, nil), prometheus.GaugeValue, v)
 	})
 }
 
