@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -277,8 +278,17 @@ func (g *generation) generate(ctx context.Context, model Model) (err error) {
 			return err
 		}
 		if text = g.valid(text); text != "" {
+			first := !g.emitted
 			g.first()
 			g.system.Root.Send(g.next, &Chunk{ChatId: g.req.ChatId, Text: text, ReplyTo: g.req.ReplyTo})
+			if first {
+				// Let the actors and the gateway pass the first chunk on
+				// now: a model reading a fast upstream never blocks, and on
+				// a busy core would otherwise decode its whole answer
+				// before anyone else runs (measured: the first token then
+				// reached the client only with the last).
+				runtime.Gosched()
+			}
 		}
 		return nil
 	})
