@@ -61,6 +61,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return helpOK(runHealth(ctx, args[1:], getenv, stdout, stderr))
 		case "drain":
 			return helpOK(runDrain(ctx, args[1:], getenv, stdout, stderr))
+		case "layout":
+			return helpOK(layoutCommand(args[1:], stdout, stderr))
 		}
 	}
 	cfg, err := parseConfig(args, getenv, stderr)
@@ -91,11 +93,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	spec, err := layout.Compile(file, cfg.LLMName, actors.DefaultRegistry)
+	specs, err := layout.CompileAll(file, cfg.LLMName, actors.DefaultRegistry)
 	if err != nil {
 		return err
 	}
-	reg.MustRegister(layoutInfo(cfg.LLMName, file.Name))
+	var names []string
+	for _, s := range specs {
+		names = append(names, s.Name)
+	}
+	reg.MustRegister(layoutInfo(names, file.Name))
 
 	// protoactor logs every restart and dead letter at info; ours are
 	// logged by the layout, so its own go to warn unless debugging.
@@ -143,12 +149,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("cluster: %w", err)
 	}
 	logPortFallbacks(logger, cfg, node)
-	running, err := actors.StartPipeline(system, spec, actors.NewMetrics(reg), logger)
+	layouts, err := startLayouts(system, specs, actors.NewMetrics(reg), logger)
 	if err != nil {
 		node.Close()
 		return err
 	}
-	layouts := map[string]*actors.Layout{cfg.LLMName: running}
 	if err := node.Start(layouts); err != nil {
 		node.Close()
 		return fmt.Errorf("cluster: %w", err)
@@ -178,7 +183,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	} else {
 		registrar, err = gw.NewRegistrar(gateway.AgentConfig{
 			URL:        cfg.AgentEndpoint,
-			Endpoints:  map[string][]string{cfg.LLMName: gw.SlotURLs(publicBase, cfg.LLMName)},
+			Endpoints:  slotURLs(gw, publicBase, names),
 			RetryCount: cfg.RetryCount,
 			Refresh:    cfg.AgentRefresh,
 		})
@@ -234,9 +239,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "troupe %s: serving %q (%s) on http://%s%s\n", version(), cfg.LLMName, file.Name, ln.Addr(), cfg.Endpoint)
-	logger.Info("node started", "llm", cfg.LLMName, "layout", file.Name, "listen", ln.Addr().String(),
-		"endpoint", publicBase+cfg.Endpoint, "capacity", running.Admission.Capacity(),
+	fmt.Fprintf(stdout, "troupe %s: serving %s (%s) on http://%s%s\n", version(), quoteList(names), file.Name, ln.Addr(), cfg.Endpoint)
+	logger.Info("node started", "llm", strings.Join(names, ","), "layout", file.Name, "listen", ln.Addr().String(),
+		"endpoint", publicBase+cfg.Endpoint, "capacity", capacities(layouts),
 		"gossip", node.GossipAddress(), "remote", node.RemoteAddress(), "status", publicBase+"/")
 
 	if registrar != nil {
@@ -278,8 +283,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(sctx); err != nil {
 		logger.Warn("http server did not close in time", "err", err)
 	}
-	if err := running.Stop(sctx); err != nil {
-		logger.Warn("layout did not stop in time", "err", err)
+	for name, l := range layouts {
+		if err := l.Stop(sctx); err != nil {
+			logger.Warn("layout did not stop in time", "layout", name, "err", err)
+		}
 	}
 	logger.Info("stopped")
 	return nil
@@ -306,12 +313,14 @@ func buildInfo() prometheus.Collector {
 	return g
 }
 
-func layoutInfo(name, file string) prometheus.Collector {
+func layoutInfo(names []string, file string) prometheus.Collector {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "troupe_layout_info",
 		Help: "Always 1; the labels name a layout and the file it came from.",
 	}, []string{"layout", "file"})
-	g.WithLabelValues(name, file).Set(1)
+	for _, name := range names {
+		g.WithLabelValues(name, file).Set(1)
+	}
 	return g
 }
 

@@ -65,7 +65,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if code, body := c.post(t, "/v1/completion", url.Values{"input": {userInput("x")}, "name": {"crashy"}}); code != 200 || !strings.Contains(body, "[Error:") {
 		t.Fatalf("the crashing chat: %d %q", code, body)
 	}
-	waitFor(t, func() bool { return strings.Contains(c.metrics(t), `troupe_actor_restarts_total{actor="model/dummy",layout="crashy"} 1`) }, "the restart")
+	waitFor(t, func() bool {
+		return strings.Contains(c.metrics(t), `troupe_actor_restarts_total{actor="model/dummy",layout="crashy"} 1`)
+	}, "the restart")
 
 	dom := chromium(t, a.url("/"), "")
 	if !strings.Contains(dom, `data-loaded="true"`) {
