@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/troupe-llm/troupe/app"
 	"github.com/troupe-llm/troupe/internal/agenttest"
 	"github.com/troupe-llm/troupe/internal/leaktest"
 )
@@ -352,7 +353,7 @@ func TestBadInputThroughTheBinary(t *testing.T) {
 // the default port and keeps running without an Agent.
 func TestRunsWithNoSettings(t *testing.T) {
 	p := startProcess(t, map[string]string{"AGENT_ENDPOINT": "http://127.0.0.1:1/v1.0/"})
-	if p.addr != fmt.Sprintf("127.0.0.1:%d", defaultPort) {
+	if defaultPort := app.DefaultConfig().Port; p.addr != fmt.Sprintf("127.0.0.1:%d", defaultPort) {
 		t.Fatalf("listening on %s, want the default port %d on loopback", p.addr, defaultPort)
 	}
 	code, body := p.post(t, "/v1/completion", url.Values{"input": {userInput("简体中文")}})

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/troupe-llm/troupe/app"
+
 	"bytes"
 	"context"
 	"errors"
@@ -116,9 +118,8 @@ func TestKubernetesManifests(t *testing.T) {
 
 	// Environment: known settings, values the binary accepts.
 	known := map[string]bool{}
-	dc := defaultConfig()
-	for _, s := range settings(&dc) {
-		known[s.env] = true
+	for _, env := range app.SettingNames() {
+		known[env] = true
 	}
 	env := map[string]string{}
 	for _, e := range c.Env {
@@ -134,12 +135,12 @@ func TestKubernetesManifests(t *testing.T) {
 			env[e.Name] = e.Value
 		}
 	}
-	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard)
+	cfg, err := app.ParseConfig(nil, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatalf("the manifest's environment does not parse: %v", err)
 	}
 	for _, s := range []string{"PORT", "GOSSIP_PORT", "REMOTE_PORT", "JOIN", "PUBLIC_ADDRESS", "DRAIN_TIMEOUT"} {
-		if !cfg.isSet(s) {
+		if !cfg.IsSet(s) {
 			t.Errorf("the manifest does not set %s", s)
 		}
 	}
@@ -162,7 +163,7 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("container port %s: %+v, want %+v", want.Name, got, want)
 		}
 	}
-	if cfg.GossipPort != cluster.DefaultGossipPort || cfg.RemotePort != cluster.DefaultRemotePort || cfg.Port != defaultPort {
+	if cfg.GossipPort != cluster.DefaultGossipPort || cfg.RemotePort != cluster.DefaultRemotePort || cfg.Port != app.DefaultConfig().Port {
 		t.Errorf("ports %d, %d, %d differ from the defaults the image documents", cfg.Port, cfg.GossipPort, cfg.RemotePort)
 	}
 
@@ -180,7 +181,7 @@ func TestKubernetesManifests(t *testing.T) {
 		strings.Join(c.Lifecycle.PreStop.Exec.Command, " ") != "/troupe drain" {
 		t.Fatalf("preStop %+v, want exec /troupe drain", c.Lifecycle)
 	}
-	if err := run(context.Background(), []string{"drain", "-h"}, os.Getenv, io.Discard, io.Discard); !errors.Is(err, errHelp) {
+	if err := app.Run(context.Background(), []string{"drain", "-h"}, os.Getenv, io.Discard, io.Discard); !errors.Is(err, app.ErrHelp) {
 		t.Fatalf("troupe drain -h: %v", err)
 	}
 	dockerfile, err := os.ReadFile("../../Dockerfile")

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -70,7 +70,7 @@ func runHealth(ctx context.Context, args []string, getenv func(string) string, s
 // Agent, takes no new chats, and finishes the ones it runs, for up to its
 // DRAIN_TIMEOUT. The node then waits for its signal to exit.
 func runDrain(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseConfig(nil, getenv, stderr)
+	cfg, err := ParseConfig(nil, getenv, stderr)
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func probeBase(rawURL string, getenv func(string) string) (string, error) {
 	if rawURL != "" {
 		return strings.TrimSuffix(rawURL, "/"), nil
 	}
-	cfg, err := parseConfig(nil, getenv, io.Discard)
+	cfg, err := ParseConfig(nil, getenv, io.Discard)
 	if err != nil {
 		return "", err
 	}

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"io"
@@ -34,7 +34,7 @@ func TestAPIKeysSettings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := parseConfig(nil, func(k string) string { return tt.env[k] }, io.Discard)
+			cfg, err := ParseConfig(nil, func(k string) string { return tt.env[k] }, io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"flag"
@@ -16,7 +16,7 @@ import (
 // config is every setting of a node. Each is a flag and an environment
 // variable; the flag wins. The Python original's variable names keep their
 // meaning.
-type config struct {
+type Config struct {
 	AgentEndpoint string
 	LLMName       string
 	PublicAddress string
@@ -46,8 +46,8 @@ type config struct {
 	set map[string]bool
 }
 
-// isSet reports whether the setting with environment name env was given.
-func (c config) isSet(env string) bool { return c.set[env] }
+// IsSet reports whether the setting with environment name env was given.
+func (c Config) IsSet(env string) bool { return c.set[env] }
 
 // defaultPort is the port a node listens on when PORT is not set.
 const defaultPort = 8123
@@ -60,7 +60,18 @@ type setting struct {
 	value                 flag.Value
 }
 
-func settings(c *config) []setting {
+// SettingNames are the environment variables of every setting, in the
+// order `troupe -h` prints them.
+func SettingNames() []string {
+	var c Config
+	var names []string
+	for _, s := range settings(&c) {
+		names = append(names, s.env)
+	}
+	return names
+}
+
+func settings(c *Config) []setting {
 	return []setting{
 		{"agent-endpoint", "AGENT_ENDPOINT", "", "the Agent's API base URL", (*stringValue)(&c.AgentEndpoint)},
 		{"llm-name", "LLM_NAME", "", "the LLM name (access code) the node serves and registers", (*stringValue)(&c.LLMName)},
@@ -112,8 +123,8 @@ Every setting is a flag and an environment variable; the flag wins.
 	}
 }
 
-func defaultConfig() config {
-	return config{
+func DefaultConfig() Config {
+	return Config{
 		AgentEndpoint: "http://localhost:9000/v1.0/",
 		LLMName:       "Unnamed_LLM",
 		PublicAddress: "localhost",
@@ -131,8 +142,8 @@ func defaultConfig() config {
 }
 
 // parseConfig reads the environment, then the flags over it.
-func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
-	c := defaultConfig()
+func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	c := DefaultConfig()
 	fs := flag.NewFlagSet("troupe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	all := settings(&c)
@@ -147,7 +158,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		fs.Var(s.value, s.flag, s.usage)
 		envOf[s.flag] = s.env
 	}
-	dc := defaultConfig()
+	dc := DefaultConfig()
 	defaults := settings(&dc)
 	fs.Usage = func() { usage(fs.Output(), defaults) }
 	if err := fs.Parse(args); err != nil {
@@ -175,7 +186,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	// A node that listens on every interface (in a container, say) and was
 	// not told its address announces its own, not "localhost", which the
 	// Agent and the other nodes would take for themselves.
-	if bind.IsUnspecified() && !c.isSet("PUBLIC_ADDRESS") {
+	if bind.IsUnspecified() && !c.IsSet("PUBLIC_ADDRESS") {
 		if ip := ownIP(); ip != "" {
 			c.PublicAddress = ip
 		}
@@ -192,7 +203,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 }
 
 // apiKeys reads the OpenAI API's keys from the setting and the file.
-func (c config) apiKeys() ([]string, error) {
+func (c Config) apiKeys() ([]string, error) {
 	keys := splitList(c.APIKeys)
 	if c.APIKeysFile == "" {
 		return keys, nil

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -15,10 +15,10 @@ import (
 	"github.com/troupe-llm/troupe/gateway"
 )
 
-// helpOK turns a request for help into errHelp, which exits 0.
+// helpOK turns a request for help into ErrHelp, which exits 0.
 func helpOK(err error) error {
 	if errors.Is(err, flag.ErrHelp) {
-		return errHelp
+		return ErrHelp
 	}
 	return err
 }
@@ -36,13 +36,13 @@ func newLogHandler(format string, w io.Writer, level slog.Leveler) slog.Handler 
 // checkClusterPorts stops a node whose explicitly set cluster port is
 // taken, naming the setting; ports left to their defaults fall back to
 // free ones instead (see cluster.Config).
-func checkClusterPorts(cfg config) error {
+func checkClusterPorts(cfg Config) error {
 	for _, p := range []struct {
 		env  string
 		port int
 		udp  bool
 	}{{"GOSSIP_PORT", cfg.GossipPort, true}, {"REMOTE_PORT", cfg.RemotePort, false}} {
-		if !cfg.isSet(p.env) || p.port == 0 {
+		if !cfg.IsSet(p.env) || p.port == 0 {
 			continue
 		}
 		if err := portFree(cfg.BindAddress, p.port, p.udp); err != nil {
@@ -56,13 +56,13 @@ func checkClusterPorts(cfg config) error {
 // logPortFallbacks says which cluster ports left to their defaults were
 // taken (by another node on this host, say) and where the node listens
 // instead, so that others can join it.
-func logPortFallbacks(logger *slog.Logger, cfg config, node *cluster.Cluster) {
+func logPortFallbacks(logger *slog.Logger, cfg Config, node *cluster.Cluster) {
 	for _, p := range []struct {
 		env, addr string
 		want      int
 	}{{"GOSSIP_PORT", node.GossipAddress(), cfg.GossipPort}, {"REMOTE_PORT", node.RemoteAddress(), cfg.RemotePort}} {
 		_, port, _ := net.SplitHostPort(p.addr)
-		if cfg.isSet(p.env) || port == strconv.Itoa(p.want) {
+		if cfg.IsSet(p.env) || port == strconv.Itoa(p.want) {
 			continue
 		}
 		msg := p.env + " not set and its default is taken (another node on this host?): using a free port"
