@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -186,6 +187,11 @@ func StartLayout(system *actor.ActorSystem, spec LayoutSpec, metrics *Metrics, l
 	props := metrics.props(am, l.dispatcher, func() actor.Actor { return r },
 		actor.WithSupervisor(&strategy{cfg: r.sup, handler: &r.kids}))
 	pid, err := system.Root.SpawnNamed(props, "layout/"+spec.Name)
+	if errors.Is(err, actor.ErrNameExists) {
+		// A reload starts the new layout while the old one of the same
+		// name finishes its chats.
+		pid, err = system.Root.SpawnNamed(props, "layout/"+spec.Name+"@"+system.ProcessRegistry.NextId())
+	}
 	if err != nil {
 		l.dispatcher.Close()
 		return nil, fmt.Errorf("layout %q: %w", spec.Name, err)

@@ -101,7 +101,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for _, s := range specs {
 		names = append(names, s.Name)
 	}
-	reg.MustRegister(layoutInfo(names, file.Name))
+	info := layoutInfo(names, file.Name)
+	reg.MustRegister(info)
 
 	// protoactor logs every restart and dead letter at info; ours are
 	// logged by the layout, so its own go to warn unless debugging.
@@ -149,7 +150,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("cluster: %w", err)
 	}
 	logPortFallbacks(logger, cfg, node)
-	layouts, err := startLayouts(system, specs, actors.NewMetrics(reg), logger)
+	actorMetrics := actors.NewMetrics(reg)
+	layouts, err := startLayouts(system, specs, actorMetrics, logger)
 	if err != nil {
 		node.Close()
 		return err
@@ -265,10 +267,35 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		})
 	}
 
+	reloads := newReloader(&reloader{cfg: cfg, system: system, metrics: actorMetrics, logger: logger, gw: gw,
+		node: node, registrar: registrar, base: publicBase, info: info, current: layouts}, reg)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reloading := make(chan struct{})
+	rctx, stopReloading := context.WithCancel(ctx)
+	defer stopReloading()
+	go func() {
+		defer close(reloading)
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-hup:
+				logger.Info("SIGHUP: reloading the layout file", "file", cfg.LayoutConfig)
+				_ = reloads.reload(rctx)
+			}
+		}
+	}()
+
 	select {
 	case <-ctx.Done():
+		<-reloading
 		logger.Info("shutting down", "in_flight", gw.InFlight())
 	case err := <-serveErr:
+		stopReloading()
+		<-reloading
+		reloads.close()
 		stopAgent()
 		<-agentDone
 		_ = node.Leave(time.Second)
@@ -283,7 +310,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(sctx); err != nil {
 		logger.Warn("http server did not close in time", "err", err)
 	}
-	for name, l := range layouts {
+	reloads.close()
+	for name, l := range reloads.layouts() {
 		if err := l.Stop(sctx); err != nil {
 			logger.Warn("layout did not stop in time", "layout", name, "err", err)
 		}
@@ -313,7 +341,7 @@ func buildInfo() prometheus.Collector {
 	return g
 }
 
-func layoutInfo(names []string, file string) prometheus.Collector {
+func layoutInfo(names []string, file string) *prometheus.GaugeVec {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "troupe_layout_info",
 		Help: "Always 1; the labels name a layout and the file it came from.",

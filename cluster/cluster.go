@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -50,8 +52,8 @@ type Cluster struct {
 	queue   *memberlist.TransmitLimitedQueue
 	logger  *slog.Logger
 	metrics *metrics
-	layouts map[string]*actors.Layout // served by this node
-	meta    []byte
+	layouts *actors.LayoutSet // served by this node
+	meta    atomic.Pointer[[]byte]
 	host    *host
 	events  *eventstream.Subscription
 
@@ -149,29 +151,15 @@ func (c *Cluster) remoteAddress() string {
 // nodes send here.
 func (c *Cluster) Start(layouts map[string]*actors.Layout) error {
 	cfg := c.cfg
-	c.layouts = layouts
+	c.layouts = actors.NewLayoutSet(maps.Clone(layouts))
 	c.metrics = newMetrics(cfg.Registerer, c)
-	names := make([]string, 0, len(layouts))
-	for name := range layouts {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	meta, err := proto.Marshal(&actors.NodeMeta{
-		ProtocolVersion: actors.ProtocolVersion,
-		RemoteAddress:   c.remoteAddress(),
-		HttpBase:        cfg.HTTPBase,
-		EndpointPath:    cfg.EndpointPath,
-		Layouts:         names,
-	})
+	meta, err := c.nodeMeta(c.layouts.Names())
 	if err != nil {
 		return err
 	}
-	if len(meta) > memberlist.MetaMaxSize {
-		return fmt.Errorf("node metadata is %d bytes, memberlist allows %d: use shorter LLM names or fewer per node", len(meta), memberlist.MetaMaxSize)
-	}
-	c.meta = meta
+	c.meta.Store(&meta)
 
-	c.host = startHost(c.system, layouts, c.logger, c.metrics, c.applyDirect)
+	c.host = startHost(c.system, c.layouts, c.logger, c.metrics, c.applyDirect)
 	c.events = c.system.EventStream.Subscribe(func(evt any) {
 		if e, ok := evt.(*remote.EndpointTerminatedEvent); ok {
 			c.peerDisconnected(e.Address)
@@ -380,7 +368,7 @@ func (c *Cluster) localLoad(origin string) *actors.NodeLoad {
 	draining := c.draining
 	c.mu.RUnlock()
 	load.Draining = draining
-	for name, l := range c.layouts {
+	for name, l := range c.layouts.Map() {
 		if draining {
 			load.Layouts = append(load.Layouts, &actors.LayoutLoad{Layout: name})
 			continue

@@ -24,7 +24,7 @@ var (
 func (d *delegate) c() *Cluster { return (*Cluster)(d) }
 
 // NodeMeta implements memberlist.Delegate.
-func (d *delegate) NodeMeta(limit int) []byte { return d.meta }
+func (d *delegate) NodeMeta(limit int) []byte { return *d.meta.Load() }
 
 // NotifyMsg implements memberlist.Delegate: a load report from a member.
 func (d *delegate) NotifyMsg(b []byte) {

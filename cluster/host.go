@@ -23,7 +23,7 @@ const hostName = "troupe/chats"
 // away. It also takes the load reports members send this node directly.
 type host struct {
 	system  *actor.ActorSystem
-	layouts map[string]*actors.Layout
+	layouts *actors.LayoutSet
 	logger  *slog.Logger
 	metrics *metrics
 	pid     *actor.PID
@@ -43,7 +43,7 @@ type hostedChat struct {
 
 var errGatewayGone = errors.New("the gateway node went away")
 
-func startHost(system *actor.ActorSystem, layouts map[string]*actors.Layout, logger *slog.Logger, m *metrics, onLoad func(*actors.NodeLoad)) *host {
+func startHost(system *actor.ActorSystem, layouts *actors.LayoutSet, logger *slog.Logger, m *metrics, onLoad func(*actors.NodeLoad)) *host {
 	h := &host{system: system, layouts: layouts, logger: logger, metrics: m, onLoad: onLoad, chats: map[string]*hostedChat{}, idle: make(chan struct{})}
 	pid, err := system.Root.SpawnNamed(actor.PropsFromFunc(h.receive), hostName)
 	if err != nil {
@@ -74,7 +74,7 @@ func (h *host) receive(c actor.Context) {
 
 func (h *host) start(req *actors.ChatRequest) {
 	h.metrics.received.Inc()
-	l := h.layouts[req.Layout]
+	l, _ := h.layouts.Get(req.Layout)
 	if l == nil {
 		h.system.Root.Send(req.ReplyTo, &actors.Failure{ChatId: req.ChatId, Code: actors.Code_CODE_UNAVAILABLE,
 			Reason: "this node does not serve " + req.Layout, ReplyTo: req.ReplyTo})

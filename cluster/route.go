@@ -37,7 +37,7 @@ type Target struct {
 
 // Serves reports whether any node, this one included, serves layout.
 func (c *Cluster) Serves(layout string) bool {
-	if _, ok := c.layouts[layout]; ok {
+	if _, ok := c.layouts.Get(layout); ok {
 		return true
 	}
 	c.mu.RLock()
@@ -53,8 +53,9 @@ func (c *Cluster) Serves(layout string) bool {
 // Layouts returns the names of the layouts served anywhere in the cluster,
 // sorted: this node's and those its live members announced.
 func (c *Cluster) Layouts() []string {
-	names := make([]string, 0, len(c.layouts))
-	for name := range c.layouts {
+	local := c.layouts.Map()
+	names := make([]string, 0, len(local))
+	for name := range local {
 		names = append(names, name)
 	}
 	c.mu.RLock()
@@ -174,7 +175,7 @@ func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 	c.mu.RLock()
 	draining := c.draining
 	c.mu.RUnlock()
-	local, serves := c.layouts[layout]
+	local, serves := c.layouts.Get(layout)
 	if serves && !draining && !slices.Contains(tried, c.cfg.NodeName) && local.Health().Healthy {
 		running, queued := local.Admission.Load()
 		cands = append(cands, candidate{name: c.cfg.NodeName, local: local, capacity: local.Admission.Capacity(),

@@ -47,7 +47,7 @@ func testCluster(t *testing.T, capacity, queue int) (*Cluster, *actors.Layout) {
 		cfg:     Config{NodeName: "self"},
 		system:  system,
 		logger:  slog.New(slog.DiscardHandler),
-		layouts: map[string]*actors.Layout{"llm": l},
+		layouts: actors.NewLayoutSet(map[string]*actors.Layout{"llm": l}),
 		members: map[string]*Member{},
 		dead:    map[string]deadMember{},
 		queue:   &memberlist.TransmitLimitedQueue{NumNodes: func() int { return 1 }, RetransmitMult: 1},

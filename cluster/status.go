@@ -59,7 +59,7 @@ func (c *Cluster) Members() []MemberStatus {
 	if draining {
 		self.State = StateDraining
 	}
-	for name, l := range c.layouts {
+	for name, l := range c.layouts.Map() {
 		running, queued := l.Admission.Load()
 		self.Layouts = append(self.Layouts, LayoutStatus{
 			Name: name, Capacity: l.Admission.Capacity(), Running: running, Queued: queued,

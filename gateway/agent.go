@@ -54,8 +54,10 @@ type Registrar struct {
 	logger  *slog.Logger
 	metrics *metrics
 
-	mu    sync.Mutex
-	state string
+	mu        sync.Mutex
+	state     string
+	endpoints map[string][]string // by LLM name; replaced by SetEndpoints
+	kick      chan struct{}       // SetEndpoints asks Run to register now
 }
 
 // NewRegistrar returns the Agent client for the gateway's node.
@@ -83,7 +85,40 @@ func (s *Server) NewRegistrar(cfg AgentConfig) (*Registrar, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 10 * time.Second}
 	}
-	return &Registrar{cfg: cfg, base: u, logger: s.logger.With("agent", u.String()), metrics: s.metrics, state: stateUninitialized}, nil
+	return &Registrar{cfg: cfg, base: u, logger: s.logger.With("agent", u.String()), metrics: s.metrics,
+		state: stateUninitialized, endpoints: cfg.Endpoints, kick: make(chan struct{}, 1)}, nil
+}
+
+func (r *Registrar) currentEndpoints() map[string][]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.endpoints
+}
+
+// SetEndpoints replaces what the node registers, as a reload of its layout
+// file does: a name it no longer serves, or serves with fewer places, is
+// unregistered first (the Agent removes every endpoint of this host under
+// a name at once), then Run registers the new set without waiting for its
+// next round.
+func (r *Registrar) SetEndpoints(ctx context.Context, endpoints map[string][]string) error {
+	r.mu.Lock()
+	old := r.endpoints
+	r.endpoints = endpoints
+	r.mu.Unlock()
+	var errs []error
+	for name, eps := range old {
+		if len(eps) == 0 || len(endpoints[name]) >= len(eps) {
+			continue
+		}
+		if err := r.UnregisterEndpoint(ctx, name, eps[0]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+	return errors.Join(errs...)
 }
 
 // State returns the client's current state.
@@ -118,6 +153,13 @@ func (r *Registrar) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-r.kick:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
 		}
 		wait := r.cfg.Refresh
 		if err := r.registerAll(ctx); err != nil {
@@ -136,7 +178,7 @@ func (r *Registrar) Run(ctx context.Context) {
 		} else {
 			r.metrics.regAttempts.WithLabelValues("ok").Inc()
 			if r.State() != stateRegistered {
-				r.logger.Info("registered with the Agent", "names", len(r.cfg.Endpoints))
+				r.logger.Info("registered with the Agent", "names", len(r.currentEndpoints()))
 			}
 			failures = 0
 			r.setState(stateRegistered)
@@ -158,7 +200,7 @@ func (r *Registrar) backoff(failures int) time.Duration {
 // "Failed" means it already had it.
 func (r *Registrar) registerAll(ctx context.Context) error {
 	added := 0
-	for name, endpoints := range r.cfg.Endpoints {
+	for name, endpoints := range r.currentEndpoints() {
 		for _, ep := range endpoints {
 			answer, err := r.call(ctx, "worker/register", name, ep)
 			if err != nil {
@@ -179,7 +221,7 @@ func (r *Registrar) registerAll(ctx context.Context) error {
 // only scheme, host and port, so one call per name removes them all.
 func (r *Registrar) Unregister(ctx context.Context) error {
 	var errs []error
-	for name, endpoints := range r.cfg.Endpoints {
+	for name, endpoints := range r.currentEndpoints() {
 		if len(endpoints) == 0 {
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -66,6 +67,7 @@ type Server struct {
 	metrics *metrics
 	router  *httprouter.Router
 
+	layouts      *actors.LayoutSet
 	chatPrefix   string
 	chatSeq      atomic.Uint64
 	layoutSeries sync.Map // layout name to *chatMetrics
@@ -100,6 +102,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 	if !strings.HasPrefix(cfg.Endpoint, "/") || strings.HasSuffix(cfg.Endpoint, "/") {
 		return nil, fmt.Errorf("endpoint %q: want a path that starts with / and does not end with it", cfg.Endpoint)
 	}
+	layouts := actors.NewLayoutSet(maps.Clone(cfg.Layouts))
 	if len(cfg.Layouts) == 0 {
 		return nil, errors.New("gateway: no layouts to serve")
 	}
@@ -119,7 +122,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Router == nil {
-		cfg.Router = localRouter(cfg.Layouts)
+		cfg.Router = localRouter{layouts}
 	}
 	var prefix [4]byte
 	_, _ = rand.Read(prefix[:])
@@ -127,7 +130,8 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		cfg:        cfg,
 		system:     system,
 		logger:     cfg.Logger,
-		metrics:    newMetrics(cfg.Registerer, cfg.Layouts),
+		layouts:    layouts,
+		metrics:    newMetrics(cfg.Registerer, layouts),
 		chatPrefix: hex.EncodeToString(prefix[:]) + "-",
 		running:    map[string]runningChat{},
 		memory:     newMemoryReleaser(cfg.ReleaseMemoryAfter, debug.FreeOSMemory),
@@ -135,7 +139,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		apiKeys:    newAPIKeys(cfg.APIKeys),
 		started:    time.Now(),
 	}
-	for name := range cfg.Layouts {
+	for name := range layouts.Map() {
 		s.chatMetrics(name)
 	}
 	s.metrics.registration.WithLabelValues(stateUninitialized).Set(1)
@@ -184,7 +188,7 @@ func (s *Server) Handler() http.Handler { return s.router }
 // LLM name, one per chat the layout runs at once: the Agent sends one chat
 // at a time to each URL, so this is how it learns the node's capacity.
 func (s *Server) SlotURLs(base, name string) []string {
-	l := s.cfg.Layouts[name]
+	l, _ := s.layouts.Get(name)
 	if l == nil {
 		return nil
 	}
@@ -194,6 +198,18 @@ func (s *Server) SlotURLs(base, name string) []string {
 		urls[i] = base + s.cfg.Endpoint + "/" + strconv.Itoa(i)
 	}
 	return urls
+}
+
+// SetLayouts replaces the layouts the node serves, as a reload of its
+// layout file does: new chats go to the new set, chats in flight keep the
+// layout they started on. It returns the layouts it replaced, for the
+// caller to stop once their chats have ended.
+func (s *Server) SetLayouts(layouts map[string]*actors.Layout) map[string]*actors.Layout {
+	old := s.layouts.Swap(maps.Clone(layouts))
+	for name := range layouts {
+		s.chatMetrics(name)
+	}
+	return old
 }
 
 // StartDraining makes the gateway refuse new chats with 503; chats in flight

@@ -38,7 +38,7 @@ type metrics struct {
 
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
-func newMetrics(reg prometheus.Registerer, layouts map[string]*actors.Layout) *metrics {
+func newMetrics(reg prometheus.Registerer, layouts *actors.LayoutSet) *metrics {
 	l := []string{"layout"}
 	m := &metrics{
 		chats: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -119,7 +119,7 @@ func newMetrics(reg prometheus.Registerer, layouts map[string]*actors.Layout) *m
 
 // layoutCollector reads each layout's load and health at scrape time.
 type layoutCollector struct {
-	layouts                             map[string]*actors.Layout
+	layouts                             *actors.LayoutSet
 	inFlight, queued, capacity, healthy *prometheus.Desc
 }
 
@@ -131,7 +131,7 @@ func (c *layoutCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *layoutCollector) Collect(ch chan<- prometheus.Metric) {
-	for name, l := range c.layouts {
+	for name, l := range c.layouts.Map() {
 		running, queued := l.Admission.Load()
 		healthy := 0.0
 		if l.Health().Healthy {

@@ -160,7 +160,7 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, _
 		openaiError(w, http.StatusBadRequest, re.msg, re.param, "")
 		return
 	}
-	if _, local := s.cfg.Layouts[req.Layout]; !local && !s.cfg.Router.Serves(req.Layout) {
+	if _, local := s.layouts.Get(req.Layout); !local && !s.cfg.Router.Serves(req.Layout) {
 		s.metrics.badRequests.WithLabelValues("name").Inc()
 		openaiError(w, http.StatusNotFound, fmt.Sprintf("The model %q does not exist here (GET /v1/models lists them).", req.Layout), "model", "model_not_found")
 		return

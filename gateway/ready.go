@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -103,23 +104,15 @@ func (s *Server) Ready(ctx context.Context) (bool, string) {
 		s.status.joined.Store(true)
 	}
 	var unhealthy []string
-	for _, name := range s.layoutNames() {
-		h := s.cfg.Layouts[name].Health()
+	layouts := s.layouts.Map()
+	for _, name := range slices.Sorted(maps.Keys(layouts)) {
+		h := layouts[name].Health()
 		if h.Healthy {
 			return true, "ready"
 		}
 		unhealthy = append(unhealthy, fmt.Sprintf("%s: %s", name, h.Reason))
 	}
 	return false, "no healthy layout (" + strings.Join(unhealthy, "; ") + ")"
-}
-
-func (s *Server) layoutNames() []string {
-	names := make([]string, 0, len(s.cfg.Layouts))
-	for name := range s.cfg.Layouts {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"slices"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -48,10 +47,10 @@ type Target struct {
 var errNoNode = errors.New("no node serves it")
 
 // localRouter runs every chat on this node.
-type localRouter map[string]*actors.Layout
+type localRouter struct{ layouts *actors.LayoutSet }
 
 func (r localRouter) Route(layout, _ string, tried []string) (Target, error) {
-	l, ok := r[layout]
+	l, ok := r.layouts.Get(layout)
 	if !ok || len(tried) > 0 {
 		return Target{}, errNoNode
 	}
@@ -61,16 +60,9 @@ func (r localRouter) Route(layout, _ string, tried []string) (Target, error) {
 	return Target{Node: "local", Local: l, Gone: context.Background()}, nil
 }
 
-func (r localRouter) Layouts() []string {
-	names := make([]string, 0, len(r))
-	for name := range r {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
-}
+func (r localRouter) Layouts() []string { return r.layouts.Names() }
 
 func (r localRouter) Serves(layout string) bool {
-	_, ok := r[layout]
+	_, ok := r.layouts.Get(layout)
 	return ok
 }

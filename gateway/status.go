@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"encoding/json"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -124,8 +125,9 @@ func (s *Server) Status(ctx context.Context) Status {
 		}
 	}
 
-	for _, name := range s.layoutNames() {
-		l := s.cfg.Layouts[name]
+	layouts := s.layouts.Map()
+	for _, name := range slices.Sorted(maps.Keys(layouts)) {
+		l := layouts[name]
 		h := l.Health()
 		running, queued := l.Admission.Load()
 		ls := LayoutStatus{

@@ -72,7 +72,7 @@ func (s *Server) validSlot(slot string) bool {
 	if err != nil || n < 1 || strconv.Itoa(n) != slot {
 		return false
 	}
-	for _, l := range s.cfg.Layouts {
+	for _, l := range s.layouts.Map() {
 		if n < l.Admission.Capacity() {
 			return true
 		}
@@ -84,14 +84,14 @@ func (s *Server) validSlot(slot string) bool {
 // serves. A node with one layout takes any name for it, as the original
 // worker did, because older Agents do not forward the name.
 func (s *Server) layoutFor(name string) (string, bool) {
-	if _, ok := s.cfg.Layouts[name]; ok {
+	if _, ok := s.layouts.Get(name); ok {
 		return name, true
 	}
 	if name != "" && s.cfg.Router.Serves(name) {
 		return name, true
 	}
-	if len(s.cfg.Layouts) == 1 {
-		for n := range s.cfg.Layouts {
+	if layouts := s.layouts.Map(); len(layouts) == 1 {
+		for n := range layouts {
 			return n, true
 		}
 	}
