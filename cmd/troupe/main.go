@@ -5,6 +5,7 @@
 package main
 
 import (
+	_ "github.com/troupe-llm/troupe/actors/chaos"
 	_ "github.com/troupe-llm/troupe/actors/command"
 	_ "github.com/troupe-llm/troupe/actors/dummy"
 	_ "github.com/troupe-llm/troupe/actors/kuwa"
