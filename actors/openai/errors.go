@@ -1,7 +1,6 @@
 package openai
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/openai/openai-go/v3/packages/ssestream"
 
 	"github.com/troupe-llm/troupe/actors"
 )
@@ -63,9 +60,9 @@ const (
 )
 
 // failure turns how an attempt ended into a typed error. cause is the
-// attempt context's cause, err the stream's error (nil when it ended
-// without [DONE] or a finish reason).
-func (c *chat) failure(cause, err error, up *upstream, events int) result {
+// attempt context's cause, err what ended the attempt (nil when the stream
+// ended without [DONE] or a finish reason).
+func (c *chat) failure(cause, err error, up *upstream) result {
 	var quiet *silence
 	if errors.As(cause, &quiet) {
 		reason := fmt.Sprintf("the model server sent nothing for %s", seconds(quiet.d))
@@ -75,21 +72,12 @@ func (c *chat) failure(cause, err error, up *upstream, events int) result {
 		// Not retried: the user has waited that long already.
 		return result{err: &actors.Error{Code: actors.Code_CODE_DEADLINE_EXCEEDED, Reason: reason, Err: quiet}}
 	}
-	if !up.sent {
-		// The SDK could not build the request: not the server's doing,
-		// and the same again next time.
-		return result{err: &actors.Error{Code: actors.Code_CODE_INTERNAL, Reason: "the request to the model server could not be built", Err: err}}
-	}
 	if up.status >= 300 {
 		return c.httpFailure(up)
 	}
-	var streamErr *ssestream.StreamError
-	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
+	var malformed *malformedError
 	switch {
-	case errors.As(err, &streamErr):
-		return c.eventFailure(streamErr)
-	case errors.As(err, &syntax), errors.As(err, &typ), errors.Is(err, bufio.ErrTooLong):
+	case errors.As(err, &malformed), errors.Is(err, errEventTooLong):
 		return result{err: c.typed(actors.Code_CODE_UNAVAILABLE, reasonMalformed, err)}
 	case err != nil && up.status == 0:
 		// No answer at all: refused, reset, DNS, dial timeout. Safe to
@@ -97,14 +85,14 @@ func (c *chat) failure(cause, err error, up *upstream, events int) result {
 		return result{err: c.typed(actors.Code_CODE_UNAVAILABLE, reasonUnreachable, err), retry: true}
 	case err != nil:
 		return result{err: c.typed(actors.Code_CODE_UNAVAILABLE, reasonBroken, err), retry: true}
-	case events == 0 && !up.sse:
+	case up.events == 0 && !up.sse:
 		return result{err: c.typed(actors.Code_CODE_UNAVAILABLE, reasonNotStream,
 			fmt.Errorf("status %d, content type %q, no events", up.status, up.header.Get("Content-Type")))}
 	default:
 		// The body ended with neither [DONE] nor a finish reason: a
 		// crash behind a proxy, or Ollama's way of failing mid-stream.
 		return result{err: c.typed(actors.Code_CODE_UNAVAILABLE, reasonEndedEarly,
-			fmt.Errorf("the stream ended after %d events without [DONE] or a finish reason", events)), retry: true}
+			fmt.Errorf("the stream ended after %d events without [DONE] or a finish reason", up.events)), retry: true}
 	}
 }
 
@@ -142,11 +130,12 @@ func (c *chat) httpFailure(up *upstream) result {
 	}
 }
 
-// eventFailure maps an error event in a stream. Its code is an HTTP status
-// for vLLM and llama.cpp; OpenAI names a type instead.
-func (c *chat) eventFailure(se *ssestream.StreamError) result {
-	raw := fmt.Errorf("error event: %s", strings.TrimSpace(string(se.Event.Data)))
-	e := parseAPIError(se.Event.Data)
+// eventFailure maps an error event in a stream: a data: {"error":...}
+// event, or one named "error". Its code is an HTTP status for vLLM and
+// llama.cpp; OpenAI names a type instead.
+func (c *chat) eventFailure(data []byte) result {
+	raw := fmt.Errorf("error event: %s", strings.TrimSpace(string(data)))
+	e := parseAPIError(data)
 	status := e.status()
 	switch {
 	case status == http.StatusTooManyRequests:

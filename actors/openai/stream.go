@@ -3,18 +3,18 @@ package openai
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
-	"slices"
 	"time"
-
-	"github.com/openai/openai-go/v3"
-	"github.com/openai/openai-go/v3/option"
 
 	"github.com/troupe-llm/troupe/actors"
 )
+
+// userAgent names the kind to the server, in its logs.
+const userAgent = "troupe-openai"
 
 // chat is one Generate call across its attempts.
 type chat struct {
@@ -34,6 +34,18 @@ type result struct {
 	retryAfter time.Duration // how long the server asked us to wait
 }
 
+// upstream is what one attempt saw of the server's answer.
+type upstream struct {
+	status int // 0: no answer
+	header http.Header
+	body   []byte // an error answer's start
+	sse    bool   // the answer is text/event-stream
+	events int    // events read, [DONE] not counted
+}
+
+// maxErrorBody bounds how much of an error answer is kept for the log.
+const maxErrorBody = 8 << 10
+
 // attempt sends the request once and streams the answer to the user.
 func (c *chat) attempt(ctx context.Context) result {
 	// The attempt's own context: the watchdog cancels it when the server
@@ -44,86 +56,126 @@ func (c *chat) attempt(ctx context.Context) result {
 	wd := startWatchdog(cancel, c.m.firstTokenTimeout, c.m.idleTimeout)
 	defer wd.stop()
 
-	up := &upstream{drainCancel: func() { cancel(errDrained) }}
-	opts := append(slices.Clip(c.req.opts), option.WithMiddleware(up.observe))
-	stream := c.m.svc.NewStreaming(actx, c.req.params, opts...)
-	defer stream.Close()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.m.endpoint, bytes.NewReader(c.req.body))
+	if err != nil { // base_url was checked at New: not expected
+		return result{err: &actors.Error{Code: actors.Code_CODE_INTERNAL, Reason: "the request to the model server could not be built", Err: err}}
+	}
+	req.Header = http.Header{
+		"Content-Type": {"application/json"},
+		"Accept":       {"text/event-stream, application/json"},
+		"User-Agent":   {userAgent},
+	}
+	if key := *c.m.key; key != "" {
+		req.Header["Authorization"] = []string{"Bearer " + string(key)}
+	}
+	up := &upstream{}
+	res, err := c.m.client.Do(req)
+	if err != nil {
+		return c.failure(context.Cause(actx), err, up)
+	}
+	// Closing a body before its end closes the connection: on a failure,
+	// an emit error and a cancel that is what stops the server.
+	defer res.Body.Close()
+	up.status, up.header = res.StatusCode, res.Header
+	if res.StatusCode >= 300 {
+		// The status says what happened; the body, what there is of it,
+		// is for recognising the cause and for the log.
+		up.body, _ = io.ReadAll(io.LimitReader(res.Body, maxErrorBody))
+		return c.failure(context.Cause(actx), nil, up)
+	}
+	mt, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type"))
+	up.sse = mt == "text/event-stream"
 
-	var finish string
-	events := 0
-	for stream.Next() {
-		events++
-		wd.event()
-		chunk := stream.Current()
-		if chunk.JSON.Usage.Valid() {
-			c.out.Usage(int(chunk.Usage.PromptTokens), int(chunk.Usage.CompletionTokens))
-		}
-		for i := range chunk.Choices {
-			choice := &chunk.Choices[i]
-			if choice.Index != 0 {
-				continue // n > 1 is not asked for; a chat has one answer
+	sr := newSSEReader(res.Body)
+	defer sr.release()
+	var (
+		ch     chunk
+		finish string
+		done   bool
+	)
+	for {
+		typ, data, err := sr.next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				return c.failure(context.Cause(actx), err, up)
 			}
-			if err := c.delta(&choice.Delta, wd); err != nil {
+			break
+		}
+		if isDone(data) {
+			done = true
+			break
+		}
+		up.events++
+		wd.event()
+		if string(typ) == "error" {
+			return c.eventFailure(data)
+		}
+		if err := decodeChunk(data, &ch); err != nil {
+			return c.failure(context.Cause(actx), err, up)
+		}
+		if ch.failed {
+			return c.eventFailure(data)
+		}
+		if ch.usage {
+			c.out.Usage(ch.promptTokens, ch.completionTokens)
+		}
+		for i := range ch.choices {
+			choice := &ch.choices[i]
+			if err := c.delta(choice, wd); err != nil {
 				return result{err: err}
 			}
-			if choice.FinishReason != "" {
-				finish = choice.FinishReason
+			if choice.finish != "" {
+				finish = choice.finish
 			}
 		}
 	}
-	err := stream.Err()
-	if err == nil && (up.sawDone() || finish != "") {
-		// Without [DONE] a finish reason still marks a whole answer:
-		// older llama.cpp servers end so.
-		if finish != "" {
-			c.out.Finish(finish)
-		}
-		return result{}
+	if !done && finish == "" {
+		// The body ended with neither [DONE] nor a finish reason.
+		return c.failure(context.Cause(actx), nil, up)
 	}
-	return c.failure(context.Cause(actx), err, up, events)
+	if done {
+		// Read the body to its end, so that the connection goes back to
+		// the pool for the next chat: closed before its end, Go's
+		// transport drops it. Only what follows [DONE] at once: a server
+		// that holds the body open is not waited for.
+		t := time.AfterFunc(drainWait, func() { cancel(errDrained) })
+		_, _ = io.Copy(io.Discard, io.LimitReader(sr.r, maxErrorBody))
+		t.Stop()
+	}
+	// Without [DONE] a finish reason still marks a whole answer: older
+	// llama.cpp servers end so.
+	if finish != "" {
+		c.out.Finish(finish)
+	}
+	return result{}
 }
 
 // delta forwards what one delta carries to the user.
-func (c *chat) delta(d *openai.ChatCompletionChunkChoiceDelta, wd *watchdog) error {
-	if d.Content != "" || d.Refusal != "" || len(d.ToolCalls) > 0 || reasoning(d) {
+func (c *chat) delta(d *choice, wd *watchdog) error {
+	if d.working() {
 		wd.firstToken()
 	}
-	if d.Content != "" {
+	if d.content != "" {
 		c.committed = true
-		if err := c.emit(d.Content); err != nil {
+		if err := c.emit(d.content); err != nil {
 			return err
 		}
 	}
-	if d.Refusal != "" {
+	if d.refusal != "" {
 		// A refusal comes instead of content; the user reads it the same.
 		c.committed = true
-		if err := c.emit(d.Refusal); err != nil {
+		if err := c.emit(d.refusal); err != nil {
 			return err
 		}
 	}
-	if len(d.ToolCalls) > 0 {
+	if hasToolCalls(d.toolCalls) {
 		c.committed = true
 		// As received: the client assembles the calls from the deltas.
-		if err := c.out.ToolCalls(d.JSON.ToolCalls.Raw()); err != nil {
+		if err := c.out.ToolCalls(string(d.toolCalls)); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// reasoning reports whether a delta carries a reasoning model's thoughts
-// (vLLM's and DeepSeek's reasoning_content, Ollama's and OpenRouter's
-// reasoning). Troupe has no channel for them yet, but they show that the
-// server is working, which is what the timeouts are about.
-func reasoning(d *openai.ChatCompletionChunkChoiceDelta) bool {
-	for _, k := range []string{"reasoning_content", "reasoning"} {
-		if f, ok := d.JSON.ExtraFields[k]; ok {
-			if raw := f.Raw(); raw != "" && raw != "null" && raw != `""` {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // watchdog cancels an attempt when the server is silent for too long:
@@ -184,111 +236,9 @@ func (s *silence) Error() string {
 	return fmt.Sprintf("no event within idle_timeout %v", s.d)
 }
 
-// maxErrorBody bounds how much of an error answer is kept for the log.
-const maxErrorBody = 8 << 10
-
-// upstream is what one attempt saw of the server's answer. The SDK's error
-// keeps neither the status of a non-JSON error body nor whether a stream
-// ended with [DONE], so a middleware collects them. It runs on the
-// attempt's goroutine, before NewStreaming returns.
-type upstream struct {
-	sent        bool // the request was built and handed to the transport
-	status      int
-	header      http.Header
-	body        []byte // an error answer's start
-	sse         bool   // the answer is text/event-stream
-	stream      *doneSniffer
-	drainCancel func()
-}
-
-func (u *upstream) observe(req *http.Request, next option.MiddlewareNext) (*http.Response, error) {
-	u.sent = true
-	res, err := next(req)
-	if err != nil || res == nil {
-		return res, err
-	}
-	u.status, u.header = res.StatusCode, res.Header
-	if res.StatusCode >= 300 {
-		body, _ := io.ReadAll(io.LimitReader(res.Body, maxErrorBody))
-		_ = res.Body.Close()
-		u.body = body
-		res.Body = io.NopCloser(bytes.NewReader(body))
-		return res, nil
-	}
-	mt, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type"))
-	u.sse = mt == "text/event-stream"
-	u.stream = &doneSniffer{ReadCloser: res.Body, cancel: u.drainCancel}
-	res.Body = u.stream
-	return res, nil
-}
-
-func (u *upstream) sawDone() bool { return u.stream != nil && u.stream.done }
-
-// drainWait bounds reading the end of a body after [DONE]: the SDK closes
-// the body at [DONE], before the HTTP end of the body that follows it, and
-// Go's transport drops a connection closed before its body's end instead
-// of keeping it for the next chat.
+// drainWait bounds reading the end of a body after [DONE].
 const drainWait = 100 * time.Millisecond
 
 // errDrained is the cause of an attempt cancelled because the end of the
 // body did not follow [DONE] in time.
 var errDrained = fmt.Errorf("the body did not end within %v of [DONE]", drainWait)
-
-// doneSniffer passes a stream's body through and notes a "data: [DONE]"
-// line.
-type doneSniffer struct {
-	io.ReadCloser
-	cancel func()
-	buf    [16]byte // the start of the current line
-	n      int
-	done   bool
-	eof    bool
-}
-
-func (d *doneSniffer) Read(p []byte) (int, error) {
-	n, err := d.ReadCloser.Read(p)
-	d.scan(p[:n])
-	if err == io.EOF {
-		d.eof = true
-	}
-	return n, err
-}
-
-func (d *doneSniffer) scan(b []byte) {
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		part := b
-		if i >= 0 {
-			part = b[:i]
-		}
-		d.n += copy(d.buf[d.n:], part)
-		if i < 0 {
-			return
-		}
-		if isDone(d.buf[:d.n]) {
-			d.done = true
-		}
-		d.n = 0
-		b = b[i+1:]
-	}
-}
-
-// isDone reports whether a line is the data line of [DONE], as the SDK
-// reads it: "data:", an optional space, then [DONE].
-func isDone(line []byte) bool {
-	rest, ok := bytes.CutPrefix(line, []byte("data:"))
-	if !ok {
-		return false
-	}
-	rest = bytes.TrimPrefix(rest, []byte(" "))
-	return bytes.HasPrefix(rest, []byte("[DONE]"))
-}
-
-func (d *doneSniffer) Close() error {
-	if d.done && !d.eof {
-		t := time.AfterFunc(drainWait, d.cancel)
-		_, _ = io.Copy(io.Discard, io.LimitReader(d.ReadCloser, maxErrorBody))
-		t.Stop()
-	}
-	return d.ReadCloser.Close()
-}
