@@ -43,6 +43,9 @@ type answerState struct {
 	// may move elsewhere only while nothing went to the client.
 	written atomic.Bool
 	runes   int
+	// conn, when not nil, can take the connection over from net/http, so
+	// that the chat streams on without its HTTP handler.
+	conn *takeoverWriter
 }
 
 func (a *answerState) state() *answerState { return a }
@@ -92,8 +95,13 @@ type textAnswer struct {
 	flusher http.Flusher
 }
 
-func newTextAnswer(w http.ResponseWriter, chatID string) *textAnswer {
-	return &textAnswer{answerState: answerState{chatID: chatID}, w: w, flusher: flusherOf(w)}
+func newTextAnswer(w http.ResponseWriter, r *http.Request, chatID string) *textAnswer {
+	t := newTakeoverWriter(w, r)
+	a := &textAnswer{answerState: answerState{chatID: chatID}, w: t, flusher: t}
+	if t.able {
+		a.conn = t
+	}
+	return a
 }
 
 func flusherOf(w http.ResponseWriter) http.Flusher {

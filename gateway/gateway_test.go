@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -56,6 +58,9 @@ type node struct {
 	http   *httptest.Server
 	reg    *prometheus.Registry
 	layout *actors.Layout
+	// hijacked receives the connections the gateway took over from the
+	// HTTP server.
+	hijacked chan net.Conn
 }
 
 func startNode(t *testing.T, spec actors.PipelineSpec) *node {
@@ -93,9 +98,22 @@ func startNodeWith(t *testing.T, spec actors.PipelineSpec, configure func(*gatew
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(s.Handler())
-	t.Cleanup(srv.Close)
-	return &node{t: t, server: s, http: srv, reg: reg, layout: l}
+	srv := httptest.NewUnstartedServer(s.Handler())
+	hijacked := make(chan net.Conn, 64)
+	srv.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		if state == http.StateHijacked {
+			select {
+			case hijacked <- c:
+			default:
+			}
+		}
+	}
+	srv.Start()
+	t.Cleanup(func() {
+		gateway.WaitHandedBack(t)
+		srv.Close()
+	})
+	return &node{t: t, server: s, http: srv, reg: reg, layout: l, hijacked: hijacked}
 }
 
 func modelOf(m actors.Model, capacity, queue int) actors.ModelSpec {
@@ -633,4 +651,89 @@ func TestTargetDoneOncePerAttempt(t *testing.T) {
 	<-g.ended
 	waitFor(t, func() bool { _, d := counts(); return d == 4 }, "the cancelled chat's Done")
 	check("cancelled", 4, 4)
+}
+
+// A streaming answer's connection is taken over from net/http (at once in
+// these tests, see export_test.go): the answer goes on to its end, the
+// connection then serves the client's next request, a request the client
+// sent ahead is not lost, and a client that hangs up still cancels its chat.
+func TestTakenOverConnection(t *testing.T) {
+	g := newGate()
+	n := startNode(t, actors.PipelineSpec{Model: modelOf(g, 4, 4)})
+	raw := func(text string) string {
+		body := form(userInput(text)).Encode()
+		return fmt.Sprintf("POST /v1/completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	}
+	conn, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	// Two chats sent at once: the second waits for the first's answer.
+	if _, err := io.WriteString(conn, raw("a")+raw("b")); err != nil {
+		t.Fatal(err)
+	}
+	readAnswer := func(want string) {
+		t.Helper()
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := make([]byte, 1)
+		if _, err := io.ReadFull(resp.Body, first); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-n.hijacked:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the streaming answer's connection was not taken over")
+		}
+		<-g.started
+		g.release <- struct{}{}
+		if err := <-g.ended; err != nil {
+			t.Fatalf("model ended with %v", err)
+		}
+		rest, err := io.ReadAll(resp.Body)
+		if err != nil || string(first)+string(rest) != want || resp.StatusCode != http.StatusOK {
+			t.Fatalf("answer %d %q (%v), want %q", resp.StatusCode, string(first)+string(rest), err, want)
+		}
+	}
+	readAnswer("a!")
+	readAnswer("b!")
+	// Kept alive: the same connection takes another chat.
+	if _, err := io.WriteString(conn, raw("c")); err != nil {
+		t.Fatal(err)
+	}
+	readAnswer("c!")
+	if got := testutil.ToFloat64(counter(t, n.reg, "troupe_chats_total", "outcome", "completed")); got != 3 {
+		t.Fatalf("completed chats %v, want 3", got)
+	}
+
+	// A client that hangs up after the take-over cancels its chat.
+	gone, err := net.Dial("tcp", n.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(gone, raw("d")); err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+	select {
+	case <-n.hijacked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the streaming answer's connection was not taken over")
+	}
+	gone.Close()
+	select {
+	case err := <-g.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("model ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the model was not cancelled")
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(counter(t, n.reg, "troupe_chats_total", "outcome", "cancelled")) == 1
+	}, "the cancelled chat counted")
 }

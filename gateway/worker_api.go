@@ -1,18 +1,15 @@
 package gateway
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"mime"
 	"net/http"
 	"strconv"
 	"time"
 	"unicode/utf8"
 
-	"github.com/asynkron/protoactor-go/actor"
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/troupe-llm/troupe/actors"
@@ -56,7 +53,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, ps httproute
 	if hid, uid := r.PostForm.Get("history_id"), r.PostForm.Get("user_id"); hid != "" || uid != "" {
 		key = hid + "\x00" + uid
 	}
-	s.serveChat(r, req, key, slot, newTextAnswer(w, req.ChatId))
+	s.serveChat(r, req, key, slot, newTextAnswer(w, r, req.ChatId))
 }
 
 func parseForm(r *http.Request) error {
@@ -96,216 +93,6 @@ func (s *Server) layoutFor(name string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-var (
-	errLayoutFailed = errors.New("the layout failed")
-	errNodeGone     = errors.New("the node running this chat went away")
-	errChatTimeout  = errors.New("the chat ran past its time limit")
-)
-
-// serveChat runs one chat and streams its answer. It is the chat's owner:
-// whatever happens in the actors or to other nodes, it answers exactly once.
-// A chat that has written nothing yet is tried on another node when its node
-// is full or goes away.
-func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot string, out answer) {
-	// One context carries every reason to stop the chat, each as its
-	// cause: the client going away, an abort or drain, the time limit, the
-	// layout failing. Nothing reads its deadline, so a timer that cancels it
-	// does the time limit with fewer allocations than a deadline context.
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	if !s.track(req.ChatId, slot, cancel) {
-		s.reject(out, req.Layout, http.StatusServiceUnavailable, "This worker is shutting down; please try again.", 0)
-		return
-	}
-	defer s.untrack(req.ChatId)
-	start := time.Now()
-	req.DeadlineUnixNano = start.Add(s.cfg.ChatTimeout).UnixNano()
-	timeout := time.AfterFunc(s.cfg.ChatTimeout, func() { cancel(errChatTimeout) })
-	defer timeout.Stop()
-
-	m := s.chatMetrics(req.Layout)
-	var tried []string
-	// When every node refused, the client is told to come back when the
-	// first of them expects room: it is routed to that one then.
-	var retry retryAfter
-	for {
-		target, err := s.cfg.Router.Route(req.Layout, key, tried)
-		var w interface{ RetryAfter() time.Duration }
-		if errors.As(err, &w) {
-			retry.note(w.RetryAfter())
-		}
-		switch {
-		case errors.Is(err, actors.ErrOverloaded), err != nil && len(tried) > 0:
-			// Every node that could take it is full, refused or went away.
-			s.reject(out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", retry.soonest)
-			return
-		case err != nil:
-			s.reject(out, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err), 0)
-			return
-		}
-		outcome, wait := s.runOn(ctx, cancel, target, req, out, m, start)
-		retry.note(wait)
-		if outcome == outcomeRetry {
-			tried = append(tried, target.Node)
-			s.metrics.reroutes.Inc()
-			continue
-		}
-		s.record(req, outcome, out, m, start)
-		return
-	}
-}
-
-// outcomeRetry is runOn's word for "nothing was written, try another node".
-const outcomeRetry = "retry"
-
-// retryAfter collects the waits of the nodes that refused a chat: how long
-// each expects to stay full (its queue over the rate it drains) or what its
-// model's upstream asked for. A client refused by all of them can come back
-// when the first has room, so the soonest counts; a node that said nothing
-// is no evidence either way.
-type retryAfter struct{ soonest time.Duration }
-
-func (r *retryAfter) note(wait time.Duration) {
-	if wait > 0 && (r.soonest == 0 || wait < r.soonest) {
-		r.soonest = wait
-	}
-}
-
-// runOn runs a chat on one target and returns its outcome, and for a retry
-// how long the node asked to wait. ctx and cancel are the chat's own: a
-// failed layout ends the chat, while a node gone ends only this attempt,
-// which may then be retried elsewhere.
-func (s *Server) runOn(ctx context.Context, cancel context.CancelCauseFunc, target Target, req *actors.ChatRequest, out answer, m *chatMetrics, start time.Time) (string, time.Duration) {
-	if target.Done != nil {
-		defer target.Done()
-	}
-	var dest *actor.PID
-	st := out.state()
-	if l := target.Local; l != nil {
-		if target.Admitted {
-			m.queueWait.Observe(0)
-		} else {
-			queued := time.Now()
-			if err := l.Admission.Acquire(ctx); err != nil {
-				if errors.Is(err, actors.ErrOverloaded) {
-					return outcomeRetry, l.Admission.RetryAfter()
-				}
-				return outcomeCancelled, 0
-			}
-			defer l.Admission.Release()
-			m.queueWait.Observe(time.Since(queued).Seconds())
-		}
-		epoch := l.Epoch()
-		dest = epoch.Entry(l)
-		defer context.AfterFunc(epoch.Context(), func() { cancel(errLayoutFailed) })()
-	} else {
-		dest = target.Remote
-		s.metrics.sent.Inc()
-		var cancelAttempt context.CancelCauseFunc
-		ctx, cancelAttempt = context.WithCancelCause(ctx)
-		defer cancelAttempt(nil)
-		defer context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })()
-		if target.Silent != nil {
-			// A chat already streaming from a silent node keeps waiting: the
-			// node may only be slow, and Gone ends the wait if it died.
-			defer context.AfterFunc(target.Silent, func() {
-				if !st.written.Load() {
-					cancelAttempt(errNodeGone)
-				}
-			})()
-		}
-	}
-
-	reply := actors.NewReply(s.system, req.ChatId)
-	defer reply.Close()
-	req.ReplyTo = reply.PID()
-	st.node = target.Node
-	var sent time.Time
-	if target.Remote != nil {
-		sent = time.Now()
-	}
-	s.system.Root.Send(dest, req)
-	outcome, wait := s.stream(ctx, reply, out, req.Layout, m, start, sent)
-	if outcome != outcomeCompleted && outcome != outcomeFailed {
-		s.system.Root.Send(dest, &actors.Cancel{ChatId: req.ChatId, Reason: outcome})
-	}
-	return outcome, wait
-}
-
-func (s *Server) record(req *actors.ChatRequest, outcome string, out answer, m *chatMetrics, start time.Time) {
-	runes := out.state().runes
-	if outcome == outcomeCompleted {
-		m.completed.Inc()
-		elapsed := time.Since(start).Seconds()
-		m.duration.Observe(elapsed)
-		m.outputChars.Observe(float64(runes))
-		if elapsed > 0 {
-			m.outputSpeed.Observe(float64(runes) / elapsed)
-		}
-	} else {
-		s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
-	}
-	// Checked first because building the arguments costs allocations
-	// even when the line is dropped.
-	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
-		s.logger.Debug("chat done", "chat", req.ChatId, "layout", req.Layout, "outcome", outcome, "runes", runes)
-	}
-}
-
-// stream copies a chat's answer from its reply to the client until the
-// terminal message or the end of ctx, and returns the chat's outcome, and
-// for a retry how long the model asked to wait. sent is when a chat was sent
-// to another node, zero for a local one.
-func (s *Server) stream(ctx context.Context, reply *actors.Reply, out answer, layout string, m *chatMetrics, start, sent time.Time) (string, time.Duration) {
-	var last time.Time
-	st := out.state()
-	for {
-		batch, err := reply.Receive(ctx)
-		if err != nil {
-			cause := context.Cause(ctx)
-			if errors.Is(cause, errNodeGone) && !st.started {
-				return outcomeRetry, 0
-			}
-			return interrupted(out, cause), 0
-		}
-		for _, msg := range batch {
-			switch msg := msg.(type) {
-			case *actors.Begin:
-				if !sent.IsZero() {
-					s.metrics.dispatch.Observe(time.Since(sent).Seconds())
-				}
-			case *actors.Chunk:
-				now := time.Now()
-				if last.IsZero() {
-					m.firstChunk.Observe(now.Sub(start).Seconds())
-				} else {
-					m.chunkGap.Observe(now.Sub(last).Seconds())
-				}
-				last = now
-				if msg.ToolCalls != "" {
-					out.toolCalls(msg.ToolCalls)
-				} else {
-					out.text(msg.Text)
-				}
-			case *actors.End:
-				m.promptTokens.Add(float64(msg.PromptTokens))
-				m.completionTokens.Add(float64(msg.CompletionTokens))
-				out.end(msg)
-				return outcomeCompleted, 0
-			case *actors.Failure:
-				wait := time.Duration(msg.RetryAfterMs) * time.Millisecond
-				if msg.Code == actors.Code_CODE_OVERLOADED && !st.started {
-					return outcomeRetry, wait
-				}
-				s.logger.Warn("chat failed", "chat", st.chatID, "layout", layout, "reason", msg.Reason)
-				out.fail(statusFor(msg.Code), msg.Reason)
-				return outcomeFailed, 0
-			}
-		}
-		out.flush()
-	}
 }
 
 func statusFor(code actors.Code) int {

@@ -1,0 +1,403 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/troupe-llm/troupe/actors"
+)
+
+var (
+	errLayoutFailed = errors.New("the layout failed")
+	errNodeGone     = errors.New("the node running this chat went away")
+	errChatTimeout  = errors.New("the chat ran past its time limit")
+	errClientGone   = errors.New("the client went away")
+)
+
+// handOffAfter is how long a chat streams on the HTTP handler's goroutine
+// before it moves to one of its own: a stream that lasts keeps net/http's
+// goroutine, buffers and request (about 24 KiB) for nothing, while a short
+// chat is not worth the move. Tests set it to 0.
+var handOffAfter = 100 * time.Millisecond
+
+// chat is one chat being served, with everything its serving needs, so
+// that once its answer streams it can move from the HTTP handler's
+// goroutine to one of its own (see handOff).
+type chat struct {
+	s     *Server
+	req   *actors.ChatRequest
+	key   string
+	out   answer
+	m     *chatMetrics
+	start time.Time
+	// One context carries every reason to stop the chat, each as its cause:
+	// the client going away, an abort or drain, the time limit, the layout
+	// failing. It is not the request's: the chat may outlive its handler.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// client stops relaying the request context's end, which says the
+	// client went away, to ctx.
+	client  func() bool
+	timeout *time.Timer
+	tried   []string
+	// When every node refused, the client is told to come back when the
+	// first of them expects room: it is routed to that one then.
+	retry retryAfter
+	// handedOff is set once the chat streams on a connection taken over
+	// from net/http: its answer is written by pumps from then on, and the
+	// handler's goroutine only returns.
+	handedOff bool
+	// wakes counts the calls for a pump since the running one started;
+	// over is set when the chat has ended on a pump.
+	wakes atomic.Int64
+	over  atomic.Bool
+
+	// The attempt on one node.
+	target   Target
+	dest     *actor.PID
+	reply    *reply
+	actx     context.Context // the attempt's: ctx, or a child of it ended when a remote node goes
+	cleanups []func()        // the attempt's, run last first
+	sent     time.Time       // when the chat went to another node; zero for this one
+	last     time.Time       // the last chunk
+}
+
+// serveChat runs one chat and streams its answer. It is the chat's owner:
+// whatever happens in the actors or to other nodes, it answers exactly once.
+// A chat that has written nothing yet is tried on another node when its node
+// is full or goes away.
+func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot string, out answer) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	if !s.track(req.ChatId, slot, cancel) {
+		cancel(nil)
+		s.reject(out, req.Layout, http.StatusServiceUnavailable, "This worker is shutting down; please try again.", 0)
+		return
+	}
+	c := &chat{s: s, req: req, key: key, out: out, m: s.chatMetrics(req.Layout), start: time.Now(), ctx: ctx, cancel: cancel}
+	c.client = context.AfterFunc(r.Context(), func() { cancel(errClientGone) })
+	req.DeadlineUnixNano = c.start.Add(s.cfg.ChatTimeout).UnixNano()
+	// Nothing reads the context's deadline, so a timer that cancels it does
+	// the time limit with fewer allocations than a deadline context.
+	c.timeout = time.AfterFunc(s.cfg.ChatTimeout, func() { cancel(errChatTimeout) })
+	defer func() {
+		if !c.handedOff {
+			c.end()
+		}
+	}()
+	c.run()
+}
+
+// end releases what the chat holds for its whole life.
+func (c *chat) end() {
+	c.client()
+	c.timeout.Stop()
+	c.cancel(nil)
+	c.s.untrack(c.req.ChatId)
+}
+
+// run routes the chat and runs it until it ends, or until it has moved to
+// a goroutine of its own.
+func (c *chat) run() {
+	s, req := c.s, c.req
+	for {
+		target, err := s.cfg.Router.Route(req.Layout, c.key, c.tried)
+		var w interface{ RetryAfter() time.Duration }
+		if errors.As(err, &w) {
+			c.retry.note(w.RetryAfter())
+		}
+		switch {
+		case errors.Is(err, actors.ErrOverloaded), err != nil && len(c.tried) > 0:
+			// Every node that could take it is full, refused or went away.
+			s.reject(c.out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", c.retry.soonest)
+			return
+		case err != nil:
+			s.reject(c.out, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err), 0)
+			return
+		}
+		outcome, wait := c.attempt(target)
+		if c.handedOff {
+			return
+		}
+		c.retry.note(wait)
+		if outcome == outcomeRetry {
+			c.tried = append(c.tried, target.Node)
+			s.metrics.reroutes.Inc()
+			continue
+		}
+		s.record(req, outcome, c.out, c.m, c.start)
+		return
+	}
+}
+
+// outcomeRetry is attempt's word for "nothing was written, try another
+// node".
+const outcomeRetry = "retry"
+
+// retryAfter collects the waits of the nodes that refused a chat: how long
+// each expects to stay full (its queue over the rate it drains) or what its
+// model's upstream asked for. A client refused by all of them can come back
+// when the first has room, so the soonest counts; a node that said nothing
+// is no evidence either way.
+type retryAfter struct{ soonest time.Duration }
+
+func (r *retryAfter) note(wait time.Duration) {
+	if wait > 0 && (r.soonest == 0 || wait < r.soonest) {
+		r.soonest = wait
+	}
+}
+
+// attempt runs the chat on one target and returns its outcome, and for a
+// retry how long the node asked to wait. A failed layout ends the chat,
+// while a node gone ends only this attempt, which may then be retried
+// elsewhere.
+func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
+	c.target, c.cleanups, c.actx, c.sent, c.last = target, c.cleanups[:0], c.ctx, time.Time{}, time.Time{}
+	defer func() {
+		if !c.handedOff {
+			c.endAttempt(outcome)
+		}
+	}()
+	st := c.out.state()
+	if l := target.Local; l != nil {
+		if target.Admitted {
+			c.m.queueWait.Observe(0)
+		} else {
+			queued := time.Now()
+			if err := l.Admission.Acquire(c.ctx); err != nil {
+				if errors.Is(err, actors.ErrOverloaded) {
+					return outcomeRetry, l.Admission.RetryAfter()
+				}
+				return outcomeCancelled, 0
+			}
+			c.cleanups = append(c.cleanups, l.Admission.Release)
+			c.m.queueWait.Observe(time.Since(queued).Seconds())
+		}
+		epoch := l.Epoch()
+		c.dest = epoch.Entry(l)
+		c.cleanups = append(c.cleanups, layoutFailures.watch(epoch, c))
+	} else {
+		c.dest = target.Remote
+		c.s.metrics.sent.Inc()
+		actx, cancelAttempt := context.WithCancelCause(c.ctx)
+		c.actx = actx
+		c.cleanups = append(c.cleanups, func() { cancelAttempt(nil) },
+			stopper(context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })))
+		if target.Silent != nil {
+			// A chat already streaming from a silent node keeps waiting: the
+			// node may only be slow, and Gone ends the wait if it died.
+			c.cleanups = append(c.cleanups, stopper(context.AfterFunc(target.Silent, func() {
+				if !st.written.Load() {
+					cancelAttempt(errNodeGone)
+				}
+			})))
+		}
+		c.sent = time.Now()
+	}
+	c.reply = newReply(c.s.system, c.req.ChatId)
+	c.cleanups = append(c.cleanups, c.reply.Close)
+	c.req.ReplyTo = c.reply.pid
+	st.node = target.Node
+	c.s.system.Root.Send(c.dest, c.req)
+	return c.stream()
+}
+
+func stopper(stop func() bool) func() { return func() { stop() } }
+
+// endAttempt tells the node a chat it did not finish is over, and releases
+// what the attempt holds.
+func (c *chat) endAttempt(outcome string) {
+	if c.dest != nil && outcome != outcomeCompleted && outcome != outcomeFailed {
+		c.s.system.Root.Send(c.dest, &actors.Cancel{ChatId: c.req.ChatId, Reason: outcome})
+	}
+	for i := len(c.cleanups) - 1; i >= 0; i-- {
+		c.cleanups[i]()
+	}
+	c.cleanups, c.dest, c.reply = c.cleanups[:0], nil, nil
+	if c.target.Done != nil {
+		c.target.Done()
+	}
+}
+
+// stream copies the chat's answer from its reply to the client until the
+// terminal message or the end of the attempt's context, and returns the
+// chat's outcome, and for a retry how long the model asked to wait. Once
+// the answer has streamed for handOffAfter, it hands the chat off (see
+// handOff) if it can, and returns.
+func (c *chat) stream() (string, time.Duration) {
+	st := c.out.state()
+	for {
+		batch, err := c.reply.Receive(c.actx)
+		if err != nil {
+			cause := context.Cause(c.actx)
+			if errors.Is(cause, errNodeGone) && !st.started {
+				return outcomeRetry, 0
+			}
+			return interrupted(c.out, cause), 0
+		}
+		if outcome, wait, done := c.handle(batch); done {
+			return outcome, wait
+		}
+		c.out.flush()
+		if c.handOff() {
+			return "", 0
+		}
+	}
+}
+
+// handle writes a batch of the chat's answer and reports whether the chat
+// ended with it, and how.
+func (c *chat) handle(batch []any) (outcome string, wait time.Duration, done bool) {
+	out, m := c.out, c.m
+	st := out.state()
+	for _, msg := range batch {
+		switch msg := msg.(type) {
+		case *actors.Begin:
+			if !c.sent.IsZero() {
+				c.s.metrics.dispatch.Observe(time.Since(c.sent).Seconds())
+			}
+		case *actors.Chunk:
+			now := time.Now()
+			if c.last.IsZero() {
+				m.firstChunk.Observe(now.Sub(c.start).Seconds())
+			} else {
+				m.chunkGap.Observe(now.Sub(c.last).Seconds())
+			}
+			c.last = now
+			if msg.ToolCalls != "" {
+				out.toolCalls(msg.ToolCalls)
+			} else {
+				out.text(msg.Text)
+			}
+		case *actors.End:
+			m.promptTokens.Add(float64(msg.PromptTokens))
+			m.completionTokens.Add(float64(msg.CompletionTokens))
+			out.end(msg)
+			return outcomeCompleted, 0, true
+		case *actors.Failure:
+			wait := time.Duration(msg.RetryAfterMs) * time.Millisecond
+			if msg.Code == actors.Code_CODE_OVERLOADED && !st.started {
+				return outcomeRetry, wait, true
+			}
+			c.s.logger.Warn("chat failed", "chat", st.chatID, "layout", c.req.Layout, "reason", msg.Reason)
+			out.fail(statusFor(msg.Code), msg.Reason)
+			return outcomeFailed, 0, true
+		}
+	}
+	return "", 0, false
+}
+
+// handOff takes the connection of a chat whose answer has streamed for a
+// while over from net/http, so that the handler returns and net/http frees
+// what it holds for the request, and has the reply call for a pump when
+// there is something to write or the chat's context ends. No goroutine
+// waits for a taken-over stream: a pump runs while there is something to
+// write. It reports whether it did.
+func (c *chat) handOff() bool {
+	// Only an answer whose head went out, through net/http: from then on
+	// the chat runs here to its end, never on another node.
+	st := c.out.state()
+	w := st.conn
+	if c.handedOff || w == nil || !st.started || time.Since(c.start) < handOffAfter {
+		return false
+	}
+	cancel := c.cancel
+	if !w.takeOver(func() { cancel(errClientGone) }) {
+		return false
+	}
+	// net/http ends the request's context when the handler returns: from
+	// now on the connection itself says when the client goes away.
+	c.client()
+	c.handedOff = true
+	c.cleanups = append(c.cleanups, stopper(context.AfterFunc(c.actx, c.wake)))
+	if c.reply.pushTo(c.wake) {
+		c.wake()
+	}
+	return true
+}
+
+// wake calls for a pump of a handed-off chat: a goroutine that writes what
+// its reply holds, then ends.
+func (c *chat) wake() {
+	if c.wakes.Add(1) == 1 {
+		go c.pump()
+	}
+}
+
+// pump writes what the reply holds, as long as wakes come in while it
+// does; it ends the chat when its answer is complete or its context ends.
+// One pump runs at a time: a wake that comes while one runs only makes it
+// look again.
+func (c *chat) pump() {
+	if c.over.Load() {
+		return
+	}
+	for {
+		n := c.wakes.Load()
+		if outcome, done := c.drain(); done {
+			c.over.Store(true)
+			c.endHandedOff(outcome)
+			return // wakes stay above zero: no pump starts again
+		}
+		if c.wakes.CompareAndSwap(n, 0) {
+			return
+		}
+	}
+}
+
+// drain writes every message queued, and reports whether the chat ended,
+// and how: with its terminal message, or with its context, once nothing is
+// left to write (as Receive returns what is queued before the context's
+// end).
+func (c *chat) drain() (string, bool) {
+	for {
+		batch := c.reply.take()
+		if len(batch) == 0 {
+			break
+		}
+		if outcome, _, done := c.handle(batch); done {
+			return outcome, true
+		}
+	}
+	if c.actx.Err() != nil {
+		return interrupted(c.out, context.Cause(c.actx)), true
+	}
+	c.out.flush()
+	return "", false
+}
+
+// endHandedOff ends a handed-off chat: the attempt, the chat, then the HTTP
+// response, whose connection goes back to the HTTP server for the
+// client's next request.
+func (c *chat) endHandedOff(outcome string) {
+	c.endAttempt(outcome)
+	c.s.record(c.req, outcome, c.out, c.m, c.start)
+	c.end()
+	c.out.state().conn.finish(outcome != outcomeCancelled)
+}
+
+func (s *Server) record(req *actors.ChatRequest, outcome string, out answer, m *chatMetrics, start time.Time) {
+	runes := out.state().runes
+	if outcome == outcomeCompleted {
+		m.completed.Inc()
+		elapsed := time.Since(start).Seconds()
+		m.duration.Observe(elapsed)
+		m.outputChars.Observe(float64(runes))
+		if elapsed > 0 {
+			m.outputSpeed.Observe(float64(runes) / elapsed)
+		}
+	} else {
+		s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
+	}
+	// Checked first because building the arguments costs allocations
+	// even when the line is dropped.
+	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.logger.Debug("chat done", "chat", req.ChatId, "layout", req.Layout, "outcome", outcome, "runes", runes)
+	}
+}
