@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -200,7 +201,13 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 		}
 		c.sent = time.Now()
 	}
-	c.reply = newReply(c.s.system, c.req.ChatId)
+	// Each attempt has a reply of its own: a late Failure of an attempt
+	// given up on (its node went silent, say) must not end the next one.
+	name := c.req.ChatId
+	if len(c.tried) > 0 {
+		name += "~" + strconv.Itoa(len(c.tried))
+	}
+	c.reply = newReply(c.s.system, name)
 	c.cleanups = append(c.cleanups, c.reply.Close)
 	c.req.ReplyTo = c.reply.pid
 	st.node = target.Node
