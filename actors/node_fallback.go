@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"errors"
 	"strings"
 	"time"
 
@@ -27,21 +26,9 @@ func (n *FallbackNode) NodePath() string { return n.Path }
 // capacity is the first child's: the others take what it cannot.
 func (n *FallbackNode) capacity() int { return n.Children[0].capacity() }
 
-func (n *FallbackNode) actors() int {
-	a := 1
-	for _, c := range n.Children {
-		a += c.actors()
-	}
-	return a
-}
+func (n *FallbackNode) actors() int { return 1 + actorsOf(n.Children) }
 
-func (n *FallbackNode) check(premade map[string]any) error {
-	var errs []error
-	for _, c := range n.Children {
-		errs = append(errs, c.check(premade))
-	}
-	return errors.Join(errs...)
-}
+func (n *FallbackNode) check(premade map[string]any) error { return checkAll(n.Children, premade) }
 
 func (n *FallbackNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *actor.PID {
 	f := &fallbackActor{node: n, t: t, next: next}

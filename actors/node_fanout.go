@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -33,31 +32,11 @@ type FanoutNode struct {
 func (n *FanoutNode) NodePath() string { return n.Path }
 
 // capacity is the smallest child's: every chat runs on all of them.
-func (n *FanoutNode) capacity() int {
-	c := 0
-	for _, node := range n.Children {
-		if c == 0 || node.capacity() < c {
-			c = node.capacity()
-		}
-	}
-	return max(c, 1)
-}
+func (n *FanoutNode) capacity() int { return minCapacity(n.Children) }
 
-func (n *FanoutNode) actors() int {
-	a := 1
-	for _, c := range n.Children {
-		a += c.actors()
-	}
-	return a
-}
+func (n *FanoutNode) actors() int { return 1 + actorsOf(n.Children) }
 
-func (n *FanoutNode) check(premade map[string]any) error {
-	var errs []error
-	for _, c := range n.Children {
-		errs = append(errs, c.check(premade))
-	}
-	return errors.Join(errs...)
-}
+func (n *FanoutNode) check(premade map[string]any) error { return checkAll(n.Children, premade) }
 
 func (n *FanoutNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *actor.PID {
 	f := &fanoutActor{node: n, t: t, next: next}

@@ -1,8 +1,6 @@
 package actors
 
 import (
-	"errors"
-
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -25,21 +23,9 @@ func (n *PoolNode) capacity() int {
 	return max(c, 1)
 }
 
-func (n *PoolNode) actors() int {
-	a := 1
-	for _, r := range n.Replicas {
-		a += r.actors()
-	}
-	return a
-}
+func (n *PoolNode) actors() int { return 1 + actorsOf(n.Replicas) }
 
-func (n *PoolNode) check(premade map[string]any) error {
-	var errs []error
-	for _, r := range n.Replicas {
-		errs = append(errs, r.check(premade))
-	}
-	return errors.Join(errs...)
-}
+func (n *PoolNode) check(premade map[string]any) error { return checkAll(n.Replicas, premade) }
 
 func (n *PoolNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *actor.PID {
 	p := &poolActor{node: n, t: t, next: next}

@@ -1,8 +1,6 @@
 package actors
 
 import (
-	"errors"
-
 	"regexp"
 	"unicode/utf8"
 
@@ -71,23 +69,9 @@ func (c Condition) Match(req *ChatRequest) bool {
 func (n *RouteNode) NodePath() string { return n.Path }
 
 // capacity is the smallest of the branches': any chat may take any branch.
-func (n *RouteNode) capacity() int {
-	c := 0
-	for _, node := range n.nodes() {
-		if c == 0 || node.capacity() < c {
-			c = node.capacity()
-		}
-	}
-	return max(c, 1)
-}
+func (n *RouteNode) capacity() int { return minCapacity(n.nodes()) }
 
-func (n *RouteNode) actors() int {
-	a := 1
-	for _, node := range n.nodes() {
-		a += node.actors()
-	}
-	return a
-}
+func (n *RouteNode) actors() int { return 1 + actorsOf(n.nodes()) }
 
 func (n *RouteNode) nodes() []Node {
 	var out []Node
@@ -100,13 +84,7 @@ func (n *RouteNode) nodes() []Node {
 	return out
 }
 
-func (n *RouteNode) check(premade map[string]any) error {
-	var errs []error
-	for _, node := range n.nodes() {
-		errs = append(errs, node.check(premade))
-	}
-	return errors.Join(errs...)
-}
+func (n *RouteNode) check(premade map[string]any) error { return checkAll(n.nodes(), premade) }
 
 func (n *RouteNode) spawn(t *incarnation, c actor.Context, next *actor.PID) *actor.PID {
 	r := &routeActor{node: n, t: t, next: next}

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -250,3 +251,33 @@ func childPath(parent string, parts ...any) string {
 // of a fallback: each is a chat of its own to the actors below, so late
 // messages of an abandoned run cannot be taken for the current one's.
 func subChat(id string, n int) string { return fmt.Sprintf("%s~%d", id, n) }
+
+// actorsOf counts the actors of a node's children, for an inner node's
+// own count.
+func actorsOf(nodes []Node) int {
+	n := 0
+	for _, c := range nodes {
+		n += c.actors()
+	}
+	return n
+}
+
+// checkAll checks every child of an inner node, reporting them all.
+func checkAll(nodes []Node, premade map[string]any) error {
+	var errs []error
+	for _, c := range nodes {
+		errs = append(errs, c.check(premade))
+	}
+	return errors.Join(errs...)
+}
+
+// minCapacity is the smallest capacity of a node's children, at least 1.
+func minCapacity(nodes []Node) int {
+	c := 0
+	for _, n := range nodes {
+		if c == 0 || n.capacity() < c {
+			c = n.capacity()
+		}
+	}
+	return max(c, 1)
+}
