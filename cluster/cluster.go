@@ -74,6 +74,11 @@ type Cluster struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+	// handlers are the OnMemberDead calls running; shutdown waits for
+	// them once memberlist, which starts them, has stopped.
+	handlers sync.WaitGroup
+	// left makes Leave safe to call more than once.
+	left sync.Once
 }
 
 // deadMember is a member that died: when, and where to reach it again.
@@ -544,9 +549,13 @@ func newMember(name string, meta *actors.NodeMeta) *Member {
 
 // Leave tells the cluster this node is going, waits up to timeout for the
 // message to spread, then stops gossip and the remote.
+// Leave is safe to call more than once: the later calls do nothing.
 func (c *Cluster) Leave(timeout time.Duration) error {
-	err := c.ml.Leave(timeout)
-	c.shutdown()
+	var err error
+	c.left.Do(func() {
+		err = c.ml.Leave(timeout)
+		c.shutdown()
+	})
 	return err
 }
 
@@ -554,6 +563,7 @@ func (c *Cluster) shutdown() {
 	close(c.stop)
 	c.wg.Wait()
 	_ = c.ml.Shutdown()
+	c.handlers.Wait()
 	c.system.EventStream.Unsubscribe(c.events)
 	c.host.stop()
 	c.remote.Shutdown(true)

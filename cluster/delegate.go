@@ -128,8 +128,14 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	c.host.gatewayGone(m.Meta.GetRemoteAddress())
 	if died {
 		c.logger.Warn("member died", "member", n.Name)
+		// A handler may call out (the Agent); memberlist's callback must
+		// not wait for it. The cluster's shutdown waits for them all.
 		for _, f := range handlers {
-			go f(m.Meta)
+			c.handlers.Add(1)
+			go func() {
+				defer c.handlers.Done()
+				f(m.Meta)
+			}()
 		}
 	} else {
 		c.logger.Info("member left", "member", n.Name)
