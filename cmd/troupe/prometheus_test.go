@@ -108,12 +108,22 @@ scrape_configs:
 
 // freeAddr returns a loopback address with a port that was free a moment
 // ago, for a server that cannot report the port it picked.
+// The port is free for both TCP and UDP, since a gossip port binds both.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err == nil {
+			pc.Close()
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no port free for both TCP and UDP on 127.0.0.1")
+	return ""
 }
