@@ -93,13 +93,15 @@ type textAnswer struct {
 	answerState
 	w       http.ResponseWriter
 	flusher http.Flusher
+	tw      takeoverWriter
 }
 
 func newTextAnswer(w http.ResponseWriter, r *http.Request, chatID string) *textAnswer {
-	t := newTakeoverWriter(w, r)
-	a := &textAnswer{answerState: answerState{chatID: chatID}, w: t, flusher: t}
-	if t.able {
-		a.conn = t
+	a := &textAnswer{answerState: answerState{chatID: chatID}}
+	a.tw.init(w, r)
+	a.w, a.flusher = &a.tw, &a.tw
+	if a.tw.able {
+		a.conn = &a.tw
 	}
 	return a
 }

@@ -60,14 +60,22 @@ type chat struct {
 	wakes atomic.Int64
 	over  atomic.Bool
 
-	// The attempt on one node.
-	target   Target
-	dest     *actor.PID
-	reply    *reply
-	actx     context.Context // the attempt's: ctx, or a child of it ended when a remote node goes
-	cleanups []func()        // the attempt's, run last first
-	sent     time.Time       // when the chat went to another node; zero for this one
-	last     time.Time       // the last chunk
+	// The attempt on one node, and what it holds: a place the gateway took
+	// in a local layout's admission, the watch of the layout's epoch, the
+	// watches of a remote node going or falling silent, the watch of the
+	// attempt's context once handed off.
+	target        Target
+	dest          *actor.PID
+	reply         *reply
+	actx          context.Context // the attempt's: ctx, or a child of it ended when a remote node goes
+	cancelAttempt context.CancelCauseFunc
+	admission     *actors.Admission
+	epoch         *actors.Epoch
+	stopGone      func() bool
+	stopSilent    func() bool
+	stopWake      func() bool
+	sent          time.Time // when the chat went to another node; zero for this one
+	last          time.Time // the last chunk
 }
 
 // serveChat runs one chat and streams its answer. It is the chat's owner:
@@ -109,9 +117,11 @@ func (c *chat) run() {
 	s, req := c.s, c.req
 	for {
 		target, err := s.cfg.Router.Route(req.Layout, c.key, c.tried)
-		var w interface{ RetryAfter() time.Duration }
-		if errors.As(err, &w) {
-			c.retry.note(w.RetryAfter())
+		if err != nil {
+			var w interface{ RetryAfter() time.Duration }
+			if errors.As(err, &w) {
+				c.retry.note(w.RetryAfter())
+			}
 		}
 		switch {
 		case errors.Is(err, actors.ErrOverloaded), err != nil && len(c.tried) > 0:
@@ -159,7 +169,7 @@ func (r *retryAfter) note(wait time.Duration) {
 // while a node gone ends only this attempt, which may then be retried
 // elsewhere.
 func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
-	c.target, c.cleanups, c.actx, c.sent, c.last = target, c.cleanups[:0], c.ctx, time.Time{}, time.Time{}
+	c.target, c.actx, c.sent, c.last = target, c.ctx, time.Time{}, time.Time{}
 	defer func() {
 		if !c.handedOff {
 			c.endAttempt(outcome)
@@ -177,27 +187,26 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 				}
 				return outcomeCancelled, 0
 			}
-			c.cleanups = append(c.cleanups, l.Admission.Release)
+			c.admission = l.Admission
 			c.m.queueWait.Observe(time.Since(queued).Seconds())
 		}
-		epoch := l.Epoch()
-		c.dest = epoch.Entry(l)
-		c.cleanups = append(c.cleanups, layoutFailures.watch(epoch, c))
+		c.epoch = l.Epoch()
+		c.dest = c.epoch.Entry(l)
+		layoutFailures.watch(c.epoch, c)
 	} else {
 		c.dest = target.Remote
 		c.s.metrics.sent.Inc()
 		actx, cancelAttempt := context.WithCancelCause(c.ctx)
-		c.actx = actx
-		c.cleanups = append(c.cleanups, func() { cancelAttempt(nil) },
-			stopper(context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })))
+		c.actx, c.cancelAttempt = actx, cancelAttempt
+		c.stopGone = context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })
 		if target.Silent != nil {
 			// A chat already streaming from a silent node keeps waiting: the
 			// node may only be slow, and Gone ends the wait if it died.
-			c.cleanups = append(c.cleanups, stopper(context.AfterFunc(target.Silent, func() {
+			c.stopSilent = context.AfterFunc(target.Silent, func() {
 				if !st.written.Load() {
 					cancelAttempt(errNodeGone)
 				}
-			})))
+			})
 		}
 		c.sent = time.Now()
 	}
@@ -208,14 +217,11 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 		name += "~" + strconv.Itoa(len(c.tried))
 	}
 	c.reply = newReply(c.s.system, name)
-	c.cleanups = append(c.cleanups, c.reply.Close)
 	c.req.ReplyTo = c.reply.pid
 	st.node = target.Node
 	c.s.system.Root.Send(c.dest, c.req)
 	return c.stream()
 }
-
-func stopper(stop func() bool) func() { return func() { stop() } }
 
 // endAttempt tells the node a chat it did not finish is over, and releases
 // what the attempt holds.
@@ -223,10 +229,28 @@ func (c *chat) endAttempt(outcome string) {
 	if c.dest != nil && outcome != outcomeCompleted && outcome != outcomeFailed {
 		c.s.system.Root.Send(c.dest, &actors.Cancel{ChatId: c.req.ChatId, Reason: outcome})
 	}
-	for i := len(c.cleanups) - 1; i >= 0; i-- {
-		c.cleanups[i]()
+	if c.stopWake != nil {
+		c.stopWake()
 	}
-	c.cleanups, c.dest, c.reply = c.cleanups[:0], nil, nil
+	if c.reply != nil {
+		c.reply.Close()
+	}
+	if c.stopSilent != nil {
+		c.stopSilent()
+	}
+	if c.stopGone != nil {
+		c.stopGone()
+	}
+	if c.cancelAttempt != nil {
+		c.cancelAttempt(nil)
+	}
+	if c.epoch != nil {
+		layoutFailures.unwatch(c.epoch, c)
+	}
+	if c.admission != nil {
+		c.admission.Release()
+	}
+	c.dest, c.reply, c.stopWake, c.stopSilent, c.stopGone, c.cancelAttempt, c.epoch, c.admission = nil, nil, nil, nil, nil, nil, nil, nil
 	if c.target.Done != nil {
 		c.target.Done()
 	}
@@ -322,7 +346,7 @@ func (c *chat) handOff() bool {
 	// now on the connection itself says when the client goes away.
 	c.client()
 	c.handedOff = true
-	c.cleanups = append(c.cleanups, stopper(context.AfterFunc(c.actx, c.wake)))
+	c.stopWake = context.AfterFunc(c.actx, c.wake)
 	if c.reply.pushTo(c.wake) {
 		c.wake()
 	}

@@ -9,7 +9,10 @@ import (
 
 // layoutFailures ends the chats running on a layout's epoch when the epoch
 // fails, with one context.AfterFunc per epoch rather than one per chat (a
-// quarter of a KiB each, for as long as a chat streams).
+// quarter of a KiB each, for as long as a chat streams). An epoch's watch
+// stays until the epoch ends, so that chats one after the other do not
+// each set one up; a layout that stops without its epoch ending leaves one
+// small watch behind.
 var layoutFailures epochWatches
 
 type epochWatches struct {
@@ -19,12 +22,10 @@ type epochWatches struct {
 
 type epochWatch struct {
 	chats map[*chat]struct{}
-	stop  func() bool
 }
 
-// watch cancels c with errLayoutFailed when e fails, until the returned
-// function is called.
-func (w *epochWatches) watch(e *actors.Epoch, c *chat) (unwatch func()) {
+// watch cancels c with errLayoutFailed when e fails, until unwatch.
+func (w *epochWatches) watch(e *actors.Epoch, c *chat) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ew := w.byEpoch[e]
@@ -33,11 +34,10 @@ func (w *epochWatches) watch(e *actors.Epoch, c *chat) (unwatch func()) {
 			w.byEpoch = map[*actors.Epoch]*epochWatch{}
 		}
 		ew = &epochWatch{chats: map[*chat]struct{}{}}
-		ew.stop = context.AfterFunc(e.Context(), func() { w.fail(e) })
+		context.AfterFunc(e.Context(), func() { w.fail(e) })
 		w.byEpoch[e] = ew
 	}
 	ew.chats[c] = struct{}{}
-	return func() { w.unwatch(e, c) }
 }
 
 func (w *epochWatches) unwatch(e *actors.Epoch, c *chat) {
@@ -48,10 +48,6 @@ func (w *epochWatches) unwatch(e *actors.Epoch, c *chat) {
 		return
 	}
 	delete(ew.chats, c)
-	if len(ew.chats) == 0 {
-		ew.stop()
-		delete(w.byEpoch, e)
-	}
 }
 
 // fail cancels the chats of an epoch that failed.

@@ -45,13 +45,13 @@ var (
 	_ http.Flusher        = (*takeoverWriter)(nil)
 )
 
-func newTakeoverWriter(w http.ResponseWriter, r *http.Request) *takeoverWriter {
-	t := &takeoverWriter{w: w}
+// init makes t write through w, net/http's writer for r.
+func (t *takeoverWriter) init(w http.ResponseWriter, r *http.Request) {
+	t.w = w
 	t.flusher, _ = w.(http.Flusher)
 	t.srv, _ = r.Context().Value(http.ServerContextKey).(*http.Server)
 	_, hijacker := w.(http.Hijacker)
 	t.able = hijacker && t.srv != nil && t.flusher != nil && r.TLS == nil && r.ProtoAtLeast(1, 1) && !r.Close
-	return t
 }
 
 // Header implements http.ResponseWriter. Once taken over, the head of the
