@@ -66,13 +66,19 @@ func newClient(clients int) *http.Client {
 // their end (or chatTimeout), so that none that hangs goes unrecorded. It
 // returns every chat's record, by the time it was sent.
 func closedLoop(ctx context.Context, hc *http.Client, endpoint string, c chat, clients int, until time.Time) []record {
-	return closedLoops(ctx, hc, []loadShare{{endpoint, clients}}, c, until)
+	return closedLoops(ctx, hc, []loadShare{{endpoint: endpoint, clients: clients}}, c, until)
 }
 
 // loadShare is a number of clients that send their chats to one endpoint.
+// With stagger, the clients start one after the other over that time rather
+// than all at once, as the users of a real cluster do. In lockstep, they
+// send in rounds instead: all at once, the next round once every answer of
+// the last is in.
 type loadShare struct {
 	endpoint string
 	clients  int
+	stagger  time.Duration
+	lockstep bool
 }
 
 // closedLoops is closedLoop with clients spread over several endpoints at
@@ -82,10 +88,35 @@ func closedLoops(ctx context.Context, hc *http.Client, shares []loadShare, c cha
 	var all []record
 	var wg sync.WaitGroup
 	for _, s := range shares {
-		for range s.clients {
+		if s.lockstep {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				for ctx.Err() == nil && time.Now().Before(until) {
+					round := make([]record, s.clients)
+					var rwg sync.WaitGroup
+					for i := range round {
+						rwg.Go(func() { round[i] = post(ctx, hc, s.endpoint, c) })
+					}
+					rwg.Wait()
+					mu.Lock()
+					all = append(all, round...)
+					mu.Unlock()
+				}
+			}()
+			continue
+		}
+		for i := range s.clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if s.stagger > 0 {
+					select {
+					case <-time.After(s.stagger * time.Duration(i) / time.Duration(s.clients)):
+					case <-ctx.Done():
+						return
+					}
+				}
 				var mine []record
 				for ctx.Err() == nil && time.Now().Before(until) {
 					mine = append(mine, post(ctx, hc, s.endpoint, c))
@@ -110,7 +141,7 @@ func (w window) dur() time.Duration { return w.to.Sub(w.from) }
 // start and at the end of the measured window, which it returns with every
 // record. Ramp-up and draining fall outside the window.
 func measured(ctx context.Context, hc *http.Client, endpoint string, c chat, clients int, warmup, d time.Duration, mark func()) ([]record, window) {
-	return measuredShares(ctx, hc, []loadShare{{endpoint, clients}}, c, warmup, d, mark)
+	return measuredShares(ctx, hc, []loadShare{{endpoint: endpoint, clients: clients}}, c, warmup, d, mark)
 }
 
 // measuredShares is measured with clients spread over several endpoints.

@@ -97,11 +97,14 @@ func (r *report) markdown() string {
 		x := r.scale[2].rate / r.scale[0].rate
 		p("| 3 nodes give ≥ %.1fx the throughput of one | %.2fx | %s |\n", goalScale3, x, met(x >= goalScale3))
 	}
-	if s := r.saturate; len(s) == 3 && s[0].rate > 0 {
+	if s := r.saturate; len(s) >= 3 && s[0].rate > 0 {
 		x1, x2 := s[1].rate/s[0].rate, s[2].rate/s[0].rate
 		p("| saturated, 3 nodes through 1 gateway give ≥ %.2fx one node | %.2fx | %s |\n", goalSat1, x1, met(x1 >= goalSat1))
 		p("| saturated, 3 nodes through 1 gateway: p99 time to first chunk < %s | %s | %s |\n", ms(goalSatTTF), ms(s[1].ttfcP99), met(s[1].ttfcP99 < goalSatTTF))
 		p("| saturated, 3 nodes through 2 gateways at once give ≥ %.1fx one node | %.2fx | %s |\n", goalSat2, x2, met(x2 >= goalSat2))
+	}
+	if s := r.saturate; len(s) >= 4 {
+		p("| saturated in rounds (every place filled at once), 1 gateway: no chat waits while a place is free | %d of %d waited; first chunk p99 %s | %s |\n", s[3].waited, s[3].sent, ms(s[3].ttfcP99), met(s[3].waited == 0))
 	}
 	p("\n")
 
@@ -191,7 +194,7 @@ func (r *report) markdown() string {
 	}
 	if len(r.saturate) > 0 {
 		p("## Saturation\n\n")
-		p("Every node's model (`dummy`) runs %d chats at once (queue %d), each %v: \"a\" at once, \"b\" at the end. As many clients as places (%d per node), closed loop, %v after a %v warm-up; with two gateways, half the clients send to each. Time to first chunk: from sending the request to reading the answer's first byte; a chat that queued behind a full model waits most of a chat for it (\"waited\": over half a chat). Re-routed: chats a gateway moved after a node refused them.\n\n",
+		p("Every node's model (`dummy`) runs %d chats at once (queue %d), each %v: \"a\" at once, \"b\" at the end. As many clients as places (%d per node), closed loop, %v after a %v warm-up, starting one after the other over one chat; with two gateways, half the clients send to each; \"in rounds\": all clients send at once, and again once every answer is in. Time to first chunk: from sending the request to reading the answer's first byte; a chat that queued behind a full model waits most of a chat for it (\"waited\": over half a chat). Re-routed: chats a gateway moved after a node refused them.\n\n",
 			satConcurrency, satQueue, r.o.satChat, satConcurrency, r.o.duration, r.o.warmup)
 		p("| Run | Clients | chats/s | vs one node | first chunk p50 | p99 | waited | chat p50 | p99 | re-routed | failed | by node |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 		for _, row := range r.saturate {

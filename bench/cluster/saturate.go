@@ -34,7 +34,9 @@ type satRow struct {
 
 // saturate measures one node with satConcurrency clients, then three nodes
 // with three times as many clients through one gateway, then the same
-// clients split over two gateways sending at once.
+// clients split over two gateways sending at once, then one gateway whose
+// clients send in rounds: every place taken at once, the next round when
+// every answer is in.
 func (b *bench) saturate(ctx context.Context) ([]satRow, error) {
 	layout, err := b.fleet.layout("sat", fmt.Sprintf("version: 1\nllm:\n  class: dummy\n  args: {content: %q, delay: %s}\n  concurrency: %d\n  queue: %d\n",
 		satAnswer, b.o.satChat, satConcurrency, satQueue))
@@ -63,10 +65,14 @@ func (b *bench) saturate(ctx context.Context) ([]satRow, error) {
 	hc := newClient(3 * satConcurrency)
 	defer hc.CloseIdleConnections()
 	var rows []satRow
-	run := func(name string, gateways []*node) {
+	run := func(name string, gateways []*node, lockstep bool) {
 		var shares []loadShare
 		for _, g := range gateways {
-			shares = append(shares, loadShare{g.base + endpoint, satConcurrency * len(nodes) / len(gateways)})
+			// Clients start spread over one chat, so that chats end and
+			// begin all the time, as with real users, not in waves; or they
+			// move in lockstep, every place filled at once.
+			shares = append(shares, loadShare{endpoint: g.base + endpoint, clients: satConcurrency * len(nodes) / len(gateways),
+				stagger: b.o.satChat, lockstep: lockstep})
 		}
 		clients := satConcurrency * len(nodes)
 		fmt.Fprintf(os.Stderr, "saturation: %s, %d clients\n", name, clients)
@@ -117,7 +123,7 @@ func (b *bench) saturate(ctx context.Context) ([]satRow, error) {
 	if err := start(1); err != nil {
 		return nil, err
 	}
-	run("1 node", nodes[:1])
+	run("1 node", nodes[:1], false)
 	for i := 2; i <= 3; i++ {
 		if err := start(i); err != nil {
 			return nil, err
@@ -136,7 +142,8 @@ func (b *bench) saturate(ctx context.Context) ([]satRow, error) {
 			}
 		}
 	}
-	run("3 nodes, 1 gateway", nodes[:1])
-	run("3 nodes, 2 gateways", nodes[:2])
+	run("3 nodes, 1 gateway", nodes[:1], false)
+	run("3 nodes, 2 gateways", nodes[:2], false)
+	run("3 nodes, 1 gateway, in rounds", nodes[:1], true)
 	return rows, ctx.Err()
 }
