@@ -44,7 +44,7 @@ type chat struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	// client stops relaying the request context's end, which says the
-	// client went away, to ctx.
+	// client went away, to ctx; nil once stopped for a hand-off.
 	client  func() bool
 	timeout *time.Timer
 	tried   []string
@@ -55,15 +55,16 @@ type chat struct {
 	// from net/http: its answer is written by pumps from then on, and the
 	// handler's goroutine only returns.
 	handedOff bool
-	// wakes counts the calls for a pump since the running one started;
-	// over is set when the chat has ended on a pump.
-	wakes atomic.Int64
-	over  atomic.Bool
+	// pushing is set once a handed-off chat's reply calls for pumps; wakes
+	// counts the calls for a pump since the running one started; over is
+	// set when the chat has ended on a pump.
+	pushing atomic.Bool
+	wakes   atomic.Int64
+	over    atomic.Bool
 
 	// The attempt on one node, and what it holds: a place the gateway took
 	// in a local layout's admission, the watch of the layout's epoch, the
-	// watches of a remote node going or falling silent, the watch of the
-	// attempt's context once handed off.
+	// watches of a remote node going or falling silent.
 	target        Target
 	dest          *actor.PID
 	reply         *reply
@@ -73,7 +74,6 @@ type chat struct {
 	epoch         *actors.Epoch
 	stopGone      func() bool
 	stopSilent    func() bool
-	stopWake      func() bool
 	sent          time.Time // when the chat went to another node; zero for this one
 	last          time.Time // the last chunk
 }
@@ -84,17 +84,17 @@ type chat struct {
 // is full or goes away.
 func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot string, out answer) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	if !s.track(req.ChatId, slot, cancel) {
+	c := &chat{s: s, req: req, key: key, out: out, m: s.chatMetrics(req.Layout), start: time.Now(), ctx: ctx, cancel: cancel}
+	if !s.track(req.ChatId, slot, c.abort) {
 		cancel(nil)
 		s.reject(out, req.Layout, http.StatusServiceUnavailable, "This worker is shutting down; please try again.", 0)
 		return
 	}
-	c := &chat{s: s, req: req, key: key, out: out, m: s.chatMetrics(req.Layout), start: time.Now(), ctx: ctx, cancel: cancel}
-	c.client = context.AfterFunc(r.Context(), func() { cancel(errClientGone) })
+	c.client = context.AfterFunc(r.Context(), func() { c.abort(errClientGone) })
 	req.DeadlineUnixNano = c.start.Add(s.cfg.ChatTimeout).UnixNano()
 	// Nothing reads the context's deadline, so a timer that cancels it does
 	// the time limit with fewer allocations than a deadline context.
-	c.timeout = time.AfterFunc(s.cfg.ChatTimeout, func() { cancel(errChatTimeout) })
+	c.timeout = time.AfterFunc(s.cfg.ChatTimeout, func() { c.abort(errChatTimeout) })
 	defer func() {
 		if !c.handedOff {
 			c.end()
@@ -103,9 +103,20 @@ func (s *Server) serveChat(r *http.Request, req *actors.ChatRequest, key, slot s
 	c.run()
 }
 
+// abort ends the chat's context with a cause; a handed-off chat's pump
+// then answers it.
+func (c *chat) abort(cause error) {
+	c.cancel(cause)
+	if c.pushing.Load() {
+		c.wake()
+	}
+}
+
 // end releases what the chat holds for its whole life.
 func (c *chat) end() {
-	c.client()
+	if c.client != nil {
+		c.client()
+	}
 	c.timeout.Stop()
 	c.cancel(nil)
 	c.s.untrack(c.req.ChatId)
@@ -198,13 +209,13 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 		c.s.metrics.sent.Inc()
 		actx, cancelAttempt := context.WithCancelCause(c.ctx)
 		c.actx, c.cancelAttempt = actx, cancelAttempt
-		c.stopGone = context.AfterFunc(target.Gone, func() { cancelAttempt(errNodeGone) })
+		c.stopGone = context.AfterFunc(target.Gone, func() { c.abortAttempt(cancelAttempt, errNodeGone) })
 		if target.Silent != nil {
 			// A chat already streaming from a silent node keeps waiting: the
 			// node may only be slow, and Gone ends the wait if it died.
 			c.stopSilent = context.AfterFunc(target.Silent, func() {
 				if !st.written.Load() {
-					cancelAttempt(errNodeGone)
+					c.abortAttempt(cancelAttempt, errNodeGone)
 				}
 			})
 		}
@@ -229,9 +240,6 @@ func (c *chat) endAttempt(outcome string) {
 	if c.dest != nil && outcome != outcomeCompleted && outcome != outcomeFailed {
 		c.s.system.Root.Send(c.dest, &actors.Cancel{ChatId: c.req.ChatId, Reason: outcome})
 	}
-	if c.stopWake != nil {
-		c.stopWake()
-	}
 	if c.reply != nil {
 		c.reply.Close()
 	}
@@ -250,7 +258,7 @@ func (c *chat) endAttempt(outcome string) {
 	if c.admission != nil {
 		c.admission.Release()
 	}
-	c.dest, c.reply, c.stopWake, c.stopSilent, c.stopGone, c.cancelAttempt, c.epoch, c.admission = nil, nil, nil, nil, nil, nil, nil, nil
+	c.dest, c.reply, c.stopSilent, c.stopGone, c.cancelAttempt, c.epoch, c.admission = nil, nil, nil, nil, nil, nil, nil
 	if c.target.Done != nil {
 		c.target.Done()
 	}
@@ -338,19 +346,29 @@ func (c *chat) handOff() bool {
 	if c.handedOff || w == nil || !st.started || time.Since(c.start) < handOffAfter {
 		return false
 	}
-	cancel := c.cancel
-	if !w.takeOver(func() { cancel(errClientGone) }) {
+	if !w.takeOver(func() { c.abort(errClientGone) }) {
 		return false
 	}
 	// net/http ends the request's context when the handler returns: from
 	// now on the connection itself says when the client goes away.
 	c.client()
+	c.client = nil
 	c.handedOff = true
-	c.stopWake = context.AfterFunc(c.actx, c.wake)
-	if c.reply.pushTo(c.wake) {
+	// Whatever ends the chat's context calls for a pump once pushing is
+	// set (see abort); one that came before is seen here.
+	c.pushing.Store(true)
+	if c.reply.pushTo(c.wake) || c.actx.Err() != nil {
 		c.wake()
 	}
 	return true
+}
+
+// abortAttempt ends the attempt's context with a cause, like abort.
+func (c *chat) abortAttempt(cancel context.CancelCauseFunc, cause error) {
+	cancel(cause)
+	if c.pushing.Load() {
+		c.wake()
+	}
 }
 
 // wake calls for a pump of a handed-off chat: a goroutine that writes what

@@ -60,6 +60,6 @@ func (w *epochWatches) fail(e *actors.Epoch) {
 		return
 	}
 	for c := range ew.chats {
-		c.cancel(errLayoutFailed)
+		c.abort(errLayoutFailed)
 	}
 }
