@@ -69,7 +69,10 @@ type fallbackChat struct {
 }
 
 func (f *fallbackActor) Receive(c actor.Context) {
-	defer func() { f.inFlight.Set(float64(len(f.chats))) }()
+	if _, streaming := c.Message().(*Chunk); !streaming {
+		// Only a chat's start and end change the count: not per chunk.
+		defer func() { f.inFlight.Set(float64(len(f.chats))) }()
+	}
 	switch msg := c.Message().(type) {
 	case *ChatRequest:
 		st := &fallbackChat{req: msg, out: outputOf(msg, f.next), arrived: msg.PassedUnixNano}
@@ -116,13 +119,7 @@ func (f *fallbackActor) Receive(c actor.Context) {
 	case *actor.Started:
 		f.chats, f.subs = map[string]*fallbackChat{}, map[string]*fallbackChat{}
 		f.kids.reset(f.t, f.node.Path)
-		f.entries = f.entries[:0]
-		self := c.Self()
-		for _, node := range f.node.Children {
-			pid := node.spawn(f.t, c, self)
-			f.kids.add(pid, node.NodePath(), self)
-			f.entries = append(f.entries, pid)
-		}
+		f.entries = f.kids.spawnAll(c, f.node.Children, c.Self(), f.entries)
 	case *actor.Terminated:
 		f.kids.terminated(msg.Who)
 	case *actor.Restarting, *actor.Stopping:

@@ -58,7 +58,10 @@ type poolChat struct {
 }
 
 func (p *poolActor) Receive(c actor.Context) {
-	defer func() { p.inFlight.Set(float64(len(p.chats))) }()
+	if _, streaming := c.Message().(*Chunk); !streaming {
+		// Only a chat's start and end change the count: not per chunk.
+		defer func() { p.inFlight.Set(float64(len(p.chats))) }()
+	}
 	switch msg := c.Message().(type) {
 	case *ChatRequest:
 		i := p.pick()
@@ -81,14 +84,8 @@ func (p *poolActor) Receive(c actor.Context) {
 	case *actor.Started:
 		p.chats = map[string]poolChat{}
 		p.kids.reset(p.t, p.node.Path)
-		p.entries = p.entries[:0]
 		p.busy = make([]int, len(p.node.Replicas))
-		self := c.Self()
-		for _, node := range p.node.Replicas {
-			pid := node.spawn(p.t, c, self)
-			p.kids.add(pid, node.NodePath(), self)
-			p.entries = append(p.entries, pid)
-		}
+		p.entries = p.kids.spawnAll(c, p.node.Replicas, c.Self(), p.entries)
 	case *actor.Terminated:
 		p.kids.terminated(msg.Who)
 	case *actor.Restarting, *actor.Stopping:

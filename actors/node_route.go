@@ -121,12 +121,7 @@ func (r *routeActor) Receive(c actor.Context) {
 		}
 	case *actor.Started:
 		r.kids.reset(r.t, r.node.Path)
-		r.entries = r.entries[:0]
-		for _, node := range r.node.nodes() {
-			pid := node.spawn(r.t, c, r.next)
-			r.kids.add(pid, node.NodePath(), r.next)
-			r.entries = append(r.entries, pid)
-		}
+		r.entries = r.kids.spawnAll(c, r.node.nodes(), r.next, r.entries)
 	case *actor.Terminated:
 		r.kids.terminated(msg.Who)
 	case *actor.Restarting, *actor.Stopping:

@@ -281,3 +281,16 @@ func minCapacity(nodes []Node) int {
 	}
 	return max(c, 1)
 }
+
+// spawnAll spawns an inner node's children, their output wired to next
+// (the node itself, for one that sees its children's answers), records
+// them, and returns their entries.
+func (cs *children) spawnAll(c actor.Context, nodes []Node, next *actor.PID, entries []*actor.PID) []*actor.PID {
+	entries = entries[:0]
+	for _, node := range nodes {
+		pid := node.spawn(cs.t, c, next)
+		cs.add(pid, node.NodePath(), next)
+		entries = append(entries, pid)
+	}
+	return entries
+}
