@@ -92,6 +92,10 @@ const (
 	Code_CODE_INVALID_ARGUMENT  Code = 4
 	// The node had no room for the chat; the gateway may try another.
 	Code_CODE_OVERLOADED Code = 5
+	// The layout's circuit breaker on that node is open: it failed too often
+	// and takes no chats until its cool-down ends (retry_after_ms). The
+	// gateway may try another node.
+	Code_CODE_CIRCUIT_OPEN Code = 6
 )
 
 // Enum value maps for Code.
@@ -103,6 +107,7 @@ var (
 		3: "CODE_DEADLINE_EXCEEDED",
 		4: "CODE_INVALID_ARGUMENT",
 		5: "CODE_OVERLOADED",
+		6: "CODE_CIRCUIT_OPEN",
 	}
 	Code_value = map[string]int32{
 		"CODE_INTERNAL":          0,
@@ -111,6 +116,7 @@ var (
 		"CODE_DEADLINE_EXCEEDED": 3,
 		"CODE_INVALID_ARGUMENT":  4,
 		"CODE_OVERLOADED":        5,
+		"CODE_CIRCUIT_OPEN":      6,
 	}
 )
 
@@ -139,6 +145,65 @@ func (x Code) Number() protoreflect.EnumNumber {
 // Deprecated: Use Code.Descriptor instead.
 func (Code) EnumDescriptor() ([]byte, []int) {
 	return file_troupe_proto_rawDescGZIP(), []int{1}
+}
+
+// Breaker is the state of a layout's circuit breaker on one node, as other
+// gateways route on it.
+type Breaker int32
+
+const (
+	// The layout takes chats.
+	Breaker_BREAKER_CLOSED Breaker = 0
+	// It failed too often: no chats until breaker_until.
+	Breaker_BREAKER_OPEN Breaker = 1
+	// Its cool-down is over: the next chat is its probe, which closes the
+	// breaker if it succeeds and opens it again if it fails.
+	Breaker_BREAKER_HALF_OPEN Breaker = 2
+	// Its probe is running: no other chats until it ends.
+	Breaker_BREAKER_PROBING Breaker = 3
+)
+
+// Enum value maps for Breaker.
+var (
+	Breaker_name = map[int32]string{
+		0: "BREAKER_CLOSED",
+		1: "BREAKER_OPEN",
+		2: "BREAKER_HALF_OPEN",
+		3: "BREAKER_PROBING",
+	}
+	Breaker_value = map[string]int32{
+		"BREAKER_CLOSED":    0,
+		"BREAKER_OPEN":      1,
+		"BREAKER_HALF_OPEN": 2,
+		"BREAKER_PROBING":   3,
+	}
+)
+
+func (x Breaker) Enum() *Breaker {
+	p := new(Breaker)
+	*p = x
+	return p
+}
+
+func (x Breaker) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Breaker) Descriptor() protoreflect.EnumDescriptor {
+	return file_troupe_proto_enumTypes[2].Descriptor()
+}
+
+func (Breaker) Type() protoreflect.EnumType {
+	return &file_troupe_proto_enumTypes[2]
+}
+
+func (x Breaker) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Breaker.Descriptor instead.
+func (Breaker) EnumDescriptor() ([]byte, []int) {
+	return file_troupe_proto_rawDescGZIP(), []int{2}
 }
 
 // Message is one record of a chat history.
@@ -536,7 +601,8 @@ type Failure struct {
 	Reason  string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	ReplyTo *actor.PID             `protobuf:"bytes,4,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
 	// For CODE_OVERLOADED: how long the model asked callers to wait, in
-	// milliseconds (an upstream's Retry-After); 0 when it did not say.
+	// milliseconds (an upstream's Retry-After); 0 when it did not say. For
+	// CODE_CIRCUIT_OPEN: the time left of the breaker's cool-down.
 	RetryAfterMs  uint32 `protobuf:"varint,5,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -745,15 +811,20 @@ func (x *NodeMeta) GetLayouts() []string {
 
 // LayoutLoad is one layout's load on one node.
 type LayoutLoad struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Layout        string                 `protobuf:"bytes,1,opt,name=layout,proto3" json:"layout,omitempty"`
-	Capacity      uint32                 `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Running       uint32                 `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
-	Queued        uint32                 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`
-	QueueLimit    uint32                 `protobuf:"varint,5,opt,name=queue_limit,json=queueLimit,proto3" json:"queue_limit,omitempty"`
-	Healthy       bool                   `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Layout     string                 `protobuf:"bytes,1,opt,name=layout,proto3" json:"layout,omitempty"`
+	Capacity   uint32                 `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Running    uint32                 `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	Queued     uint32                 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`
+	QueueLimit uint32                 `protobuf:"varint,5,opt,name=queue_limit,json=queueLimit,proto3" json:"queue_limit,omitempty"`
+	Healthy    bool                   `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Breaker    Breaker                `protobuf:"varint,7,opt,name=breaker,proto3,enum=troupe.v1.Breaker" json:"breaker,omitempty"`
+	// While BREAKER_OPEN: when its cool-down ends, in Unix milliseconds (a
+	// time, not a duration, so that the report stays the same while it is
+	// open and is not sent again for the clock's sake).
+	BreakerUntilUnixMilli int64 `protobuf:"varint,8,opt,name=breaker_until_unix_milli,json=breakerUntilUnixMilli,proto3" json:"breaker_until_unix_milli,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *LayoutLoad) Reset() {
@@ -826,6 +897,20 @@ func (x *LayoutLoad) GetHealthy() bool {
 		return x.Healthy
 	}
 	return false
+}
+
+func (x *LayoutLoad) GetBreaker() Breaker {
+	if x != nil {
+		return x.Breaker
+	}
+	return Breaker_BREAKER_CLOSED
+}
+
+func (x *LayoutLoad) GetBreakerUntilUnixMilli() int64 {
+	if x != nil {
+		return x.BreakerUntilUnixMilli
+	}
+	return 0
 }
 
 // NodeLoad is a node's load, gossiped to the cluster as it changes.
@@ -960,7 +1045,7 @@ const file_troupe_proto_rawDesc = "" +
 	"\x0eremote_address\x18\x02 \x01(\tR\rremoteAddress\x12\x1b\n" +
 	"\thttp_base\x18\x03 \x01(\tR\bhttpBase\x12#\n" +
 	"\rendpoint_path\x18\x04 \x01(\tR\fendpointPath\x12\x18\n" +
-	"\alayouts\x18\x05 \x03(\tR\alayouts\"\xad\x01\n" +
+	"\alayouts\x18\x05 \x03(\tR\alayouts\"\x94\x02\n" +
 	"\n" +
 	"LayoutLoad\x12\x16\n" +
 	"\x06layout\x18\x01 \x01(\tR\x06layout\x12\x1a\n" +
@@ -969,7 +1054,9 @@ const file_troupe_proto_rawDesc = "" +
 	"\x06queued\x18\x04 \x01(\rR\x06queued\x12\x1f\n" +
 	"\vqueue_limit\x18\x05 \x01(\rR\n" +
 	"queueLimit\x12\x18\n" +
-	"\ahealthy\x18\x06 \x01(\bR\ahealthy\"}\n" +
+	"\ahealthy\x18\x06 \x01(\bR\ahealthy\x12,\n" +
+	"\abreaker\x18\a \x01(\x0e2\x12.troupe.v1.BreakerR\abreaker\x127\n" +
+	"\x18breaker_until_unix_milli\x18\b \x01(\x03R\x15breakerUntilUnixMilli\"}\n" +
 	"\bNodeLoad\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12/\n" +
@@ -979,14 +1066,20 @@ const file_troupe_proto_rawDesc = "" +
 	"\tROLE_USER\x10\x00\x12\x12\n" +
 	"\x0eROLE_ASSISTANT\x10\x01\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x02\x12\r\n" +
-	"\tROLE_TOOL\x10\x03*\x8e\x01\n" +
+	"\tROLE_TOOL\x10\x03*\xa5\x01\n" +
 	"\x04Code\x12\x11\n" +
 	"\rCODE_INTERNAL\x10\x00\x12\x14\n" +
 	"\x10CODE_UNAVAILABLE\x10\x01\x12\x11\n" +
 	"\rCODE_CANCELED\x10\x02\x12\x1a\n" +
 	"\x16CODE_DEADLINE_EXCEEDED\x10\x03\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x04\x12\x13\n" +
-	"\x0fCODE_OVERLOADED\x10\x05B%Z#github.com/troupe-llm/troupe/actorsb\x06proto3"
+	"\x0fCODE_OVERLOADED\x10\x05\x12\x15\n" +
+	"\x11CODE_CIRCUIT_OPEN\x10\x06*[\n" +
+	"\aBreaker\x12\x12\n" +
+	"\x0eBREAKER_CLOSED\x10\x00\x12\x10\n" +
+	"\fBREAKER_OPEN\x10\x01\x12\x15\n" +
+	"\x11BREAKER_HALF_OPEN\x10\x02\x12\x13\n" +
+	"\x0fBREAKER_PROBING\x10\x03B%Z#github.com/troupe-llm/troupe/actorsb\x06proto3"
 
 var (
 	file_troupe_proto_rawDescOnce sync.Once
@@ -1000,40 +1093,42 @@ func file_troupe_proto_rawDescGZIP() []byte {
 	return file_troupe_proto_rawDescData
 }
 
-var file_troupe_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_troupe_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_troupe_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_troupe_proto_goTypes = []any{
 	(Role)(0),           // 0: troupe.v1.Role
 	(Code)(0),           // 1: troupe.v1.Code
-	(*Message)(nil),     // 2: troupe.v1.Message
-	(*ChatRequest)(nil), // 3: troupe.v1.ChatRequest
-	(*Begin)(nil),       // 4: troupe.v1.Begin
-	(*Chunk)(nil),       // 5: troupe.v1.Chunk
-	(*End)(nil),         // 6: troupe.v1.End
-	(*Failure)(nil),     // 7: troupe.v1.Failure
-	(*Cancel)(nil),      // 8: troupe.v1.Cancel
-	(*NodeMeta)(nil),    // 9: troupe.v1.NodeMeta
-	(*LayoutLoad)(nil),  // 10: troupe.v1.LayoutLoad
-	(*NodeLoad)(nil),    // 11: troupe.v1.NodeLoad
-	nil,                 // 12: troupe.v1.ChatRequest.ParamsEntry
-	(*actor.PID)(nil),   // 13: actor.PID
+	(Breaker)(0),        // 2: troupe.v1.Breaker
+	(*Message)(nil),     // 3: troupe.v1.Message
+	(*ChatRequest)(nil), // 4: troupe.v1.ChatRequest
+	(*Begin)(nil),       // 5: troupe.v1.Begin
+	(*Chunk)(nil),       // 6: troupe.v1.Chunk
+	(*End)(nil),         // 7: troupe.v1.End
+	(*Failure)(nil),     // 8: troupe.v1.Failure
+	(*Cancel)(nil),      // 9: troupe.v1.Cancel
+	(*NodeMeta)(nil),    // 10: troupe.v1.NodeMeta
+	(*LayoutLoad)(nil),  // 11: troupe.v1.LayoutLoad
+	(*NodeLoad)(nil),    // 12: troupe.v1.NodeLoad
+	nil,                 // 13: troupe.v1.ChatRequest.ParamsEntry
+	(*actor.PID)(nil),   // 14: actor.PID
 }
 var file_troupe_proto_depIdxs = []int32{
 	0,  // 0: troupe.v1.Message.role:type_name -> troupe.v1.Role
-	2,  // 1: troupe.v1.ChatRequest.history:type_name -> troupe.v1.Message
-	12, // 2: troupe.v1.ChatRequest.params:type_name -> troupe.v1.ChatRequest.ParamsEntry
-	13, // 3: troupe.v1.ChatRequest.reply_to:type_name -> actor.PID
-	13, // 4: troupe.v1.Begin.reply_to:type_name -> actor.PID
-	13, // 5: troupe.v1.Chunk.reply_to:type_name -> actor.PID
-	13, // 6: troupe.v1.End.reply_to:type_name -> actor.PID
+	3,  // 1: troupe.v1.ChatRequest.history:type_name -> troupe.v1.Message
+	13, // 2: troupe.v1.ChatRequest.params:type_name -> troupe.v1.ChatRequest.ParamsEntry
+	14, // 3: troupe.v1.ChatRequest.reply_to:type_name -> actor.PID
+	14, // 4: troupe.v1.Begin.reply_to:type_name -> actor.PID
+	14, // 5: troupe.v1.Chunk.reply_to:type_name -> actor.PID
+	14, // 6: troupe.v1.End.reply_to:type_name -> actor.PID
 	1,  // 7: troupe.v1.Failure.code:type_name -> troupe.v1.Code
-	13, // 8: troupe.v1.Failure.reply_to:type_name -> actor.PID
-	10, // 9: troupe.v1.NodeLoad.layouts:type_name -> troupe.v1.LayoutLoad
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	14, // 8: troupe.v1.Failure.reply_to:type_name -> actor.PID
+	2,  // 9: troupe.v1.LayoutLoad.breaker:type_name -> troupe.v1.Breaker
+	11, // 10: troupe.v1.NodeLoad.layouts:type_name -> troupe.v1.LayoutLoad
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_troupe_proto_init() }
@@ -1046,7 +1141,7 @@ func file_troupe_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_troupe_proto_rawDesc), len(file_troupe_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
