@@ -147,31 +147,31 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 	return file_troupe_proto_rawDescGZIP(), []int{1}
 }
 
-// Breaker is the state of a layout's circuit breaker on one node, as other
+// BreakerState is the state of a layout's circuit breaker on one node, as other
 // gateways route on it.
-type Breaker int32
+type BreakerState int32
 
 const (
 	// The layout takes chats.
-	Breaker_BREAKER_CLOSED Breaker = 0
+	BreakerState_BREAKER_CLOSED BreakerState = 0
 	// It failed too often: no chats until breaker_until.
-	Breaker_BREAKER_OPEN Breaker = 1
+	BreakerState_BREAKER_OPEN BreakerState = 1
 	// Its cool-down is over: the next chat is its probe, which closes the
 	// breaker if it succeeds and opens it again if it fails.
-	Breaker_BREAKER_HALF_OPEN Breaker = 2
+	BreakerState_BREAKER_HALF_OPEN BreakerState = 2
 	// Its probe is running: no other chats until it ends.
-	Breaker_BREAKER_PROBING Breaker = 3
+	BreakerState_BREAKER_PROBING BreakerState = 3
 )
 
-// Enum value maps for Breaker.
+// Enum value maps for BreakerState.
 var (
-	Breaker_name = map[int32]string{
+	BreakerState_name = map[int32]string{
 		0: "BREAKER_CLOSED",
 		1: "BREAKER_OPEN",
 		2: "BREAKER_HALF_OPEN",
 		3: "BREAKER_PROBING",
 	}
-	Breaker_value = map[string]int32{
+	BreakerState_value = map[string]int32{
 		"BREAKER_CLOSED":    0,
 		"BREAKER_OPEN":      1,
 		"BREAKER_HALF_OPEN": 2,
@@ -179,30 +179,30 @@ var (
 	}
 )
 
-func (x Breaker) Enum() *Breaker {
-	p := new(Breaker)
+func (x BreakerState) Enum() *BreakerState {
+	p := new(BreakerState)
 	*p = x
 	return p
 }
 
-func (x Breaker) String() string {
+func (x BreakerState) String() string {
 	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
 }
 
-func (Breaker) Descriptor() protoreflect.EnumDescriptor {
+func (BreakerState) Descriptor() protoreflect.EnumDescriptor {
 	return file_troupe_proto_enumTypes[2].Descriptor()
 }
 
-func (Breaker) Type() protoreflect.EnumType {
+func (BreakerState) Type() protoreflect.EnumType {
 	return &file_troupe_proto_enumTypes[2]
 }
 
-func (x Breaker) Number() protoreflect.EnumNumber {
+func (x BreakerState) Number() protoreflect.EnumNumber {
 	return protoreflect.EnumNumber(x)
 }
 
-// Deprecated: Use Breaker.Descriptor instead.
-func (Breaker) EnumDescriptor() ([]byte, []int) {
+// Deprecated: Use BreakerState.Descriptor instead.
+func (BreakerState) EnumDescriptor() ([]byte, []int) {
 	return file_troupe_proto_rawDescGZIP(), []int{2}
 }
 
@@ -818,7 +818,7 @@ type LayoutLoad struct {
 	Queued     uint32                 `protobuf:"varint,4,opt,name=queued,proto3" json:"queued,omitempty"`
 	QueueLimit uint32                 `protobuf:"varint,5,opt,name=queue_limit,json=queueLimit,proto3" json:"queue_limit,omitempty"`
 	Healthy    bool                   `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	Breaker    Breaker                `protobuf:"varint,7,opt,name=breaker,proto3,enum=troupe.v1.Breaker" json:"breaker,omitempty"`
+	Breaker    BreakerState           `protobuf:"varint,7,opt,name=breaker,proto3,enum=troupe.v1.BreakerState" json:"breaker,omitempty"`
 	// While BREAKER_OPEN: when its cool-down ends, in Unix milliseconds (a
 	// time, not a duration, so that the report stays the same while it is
 	// open and is not sent again for the clock's sake).
@@ -899,11 +899,11 @@ func (x *LayoutLoad) GetHealthy() bool {
 	return false
 }
 
-func (x *LayoutLoad) GetBreaker() Breaker {
+func (x *LayoutLoad) GetBreaker() BreakerState {
 	if x != nil {
 		return x.Breaker
 	}
-	return Breaker_BREAKER_CLOSED
+	return BreakerState_BREAKER_CLOSED
 }
 
 func (x *LayoutLoad) GetBreakerUntilUnixMilli() int64 {
@@ -1045,7 +1045,7 @@ const file_troupe_proto_rawDesc = "" +
 	"\x0eremote_address\x18\x02 \x01(\tR\rremoteAddress\x12\x1b\n" +
 	"\thttp_base\x18\x03 \x01(\tR\bhttpBase\x12#\n" +
 	"\rendpoint_path\x18\x04 \x01(\tR\fendpointPath\x12\x18\n" +
-	"\alayouts\x18\x05 \x03(\tR\alayouts\"\x94\x02\n" +
+	"\alayouts\x18\x05 \x03(\tR\alayouts\"\x99\x02\n" +
 	"\n" +
 	"LayoutLoad\x12\x16\n" +
 	"\x06layout\x18\x01 \x01(\tR\x06layout\x12\x1a\n" +
@@ -1054,8 +1054,8 @@ const file_troupe_proto_rawDesc = "" +
 	"\x06queued\x18\x04 \x01(\rR\x06queued\x12\x1f\n" +
 	"\vqueue_limit\x18\x05 \x01(\rR\n" +
 	"queueLimit\x12\x18\n" +
-	"\ahealthy\x18\x06 \x01(\bR\ahealthy\x12,\n" +
-	"\abreaker\x18\a \x01(\x0e2\x12.troupe.v1.BreakerR\abreaker\x127\n" +
+	"\ahealthy\x18\x06 \x01(\bR\ahealthy\x121\n" +
+	"\abreaker\x18\a \x01(\x0e2\x17.troupe.v1.BreakerStateR\abreaker\x127\n" +
 	"\x18breaker_until_unix_milli\x18\b \x01(\x03R\x15breakerUntilUnixMilli\"}\n" +
 	"\bNodeLoad\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
@@ -1074,8 +1074,8 @@ const file_troupe_proto_rawDesc = "" +
 	"\x16CODE_DEADLINE_EXCEEDED\x10\x03\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x04\x12\x13\n" +
 	"\x0fCODE_OVERLOADED\x10\x05\x12\x15\n" +
-	"\x11CODE_CIRCUIT_OPEN\x10\x06*[\n" +
-	"\aBreaker\x12\x12\n" +
+	"\x11CODE_CIRCUIT_OPEN\x10\x06*`\n" +
+	"\fBreakerState\x12\x12\n" +
 	"\x0eBREAKER_CLOSED\x10\x00\x12\x10\n" +
 	"\fBREAKER_OPEN\x10\x01\x12\x15\n" +
 	"\x11BREAKER_HALF_OPEN\x10\x02\x12\x13\n" +
@@ -1098,7 +1098,7 @@ var file_troupe_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_troupe_proto_goTypes = []any{
 	(Role)(0),           // 0: troupe.v1.Role
 	(Code)(0),           // 1: troupe.v1.Code
-	(Breaker)(0),        // 2: troupe.v1.Breaker
+	(BreakerState)(0),   // 2: troupe.v1.BreakerState
 	(*Message)(nil),     // 3: troupe.v1.Message
 	(*ChatRequest)(nil), // 4: troupe.v1.ChatRequest
 	(*Begin)(nil),       // 5: troupe.v1.Begin
@@ -1122,7 +1122,7 @@ var file_troupe_proto_depIdxs = []int32{
 	14, // 6: troupe.v1.End.reply_to:type_name -> actor.PID
 	1,  // 7: troupe.v1.Failure.code:type_name -> troupe.v1.Code
 	14, // 8: troupe.v1.Failure.reply_to:type_name -> actor.PID
-	2,  // 9: troupe.v1.LayoutLoad.breaker:type_name -> troupe.v1.Breaker
+	2,  // 9: troupe.v1.LayoutLoad.breaker:type_name -> troupe.v1.BreakerState
 	11, // 10: troupe.v1.NodeLoad.layouts:type_name -> troupe.v1.LayoutLoad
 	11, // [11:11] is the sub-list for method output_type
 	11, // [11:11] is the sub-list for method input_type
