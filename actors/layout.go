@@ -19,6 +19,7 @@ type LayoutSpec struct {
 	// refuses new ones; 0 is four times its capacity.
 	Queue       int
 	Supervision Supervision
+	Breaker     BreakerConfig
 }
 
 // Capacity is how many chats the layout runs at once.
@@ -48,6 +49,7 @@ type PipelineSpec struct {
 	Model       ModelSpec
 	Egress      []FilterSpec
 	Supervision Supervision
+	Breaker     BreakerConfig
 }
 
 // Tree returns the layout of the pipeline's shape.
@@ -66,6 +68,7 @@ func (s PipelineSpec) Tree() LayoutSpec {
 			Core: &ModelNode{Path: m.Path, New: m.New, Capacity: m.Capacity, Queue: m.Queue}},
 		Queue:       m.Queue,
 		Supervision: s.Supervision,
+		Breaker:     s.Breaker,
 	}
 }
 
@@ -82,14 +85,16 @@ type Health struct {
 }
 
 // Layout is a running layout: a root actor supervising the layout's tree,
-// and the admission in front of it.
+// and the admission and circuit breaker in front of it.
 type Layout struct {
 	Name      string
 	Root      *actor.PID
 	Admission *Admission
+	Breaker   *Breaker
 	Spec      LayoutSpec
 
 	system     *actor.ActorSystem
+	metrics    *Metrics
 	dispatcher *workerPool
 	health     atomic.Pointer[Health]
 	epoch      atomic.Pointer[Epoch]
@@ -136,6 +141,7 @@ func (l *Layout) Epoch() *Epoch { return l.epoch.Load() }
 func (l *Layout) Stop(ctx context.Context) error {
 	// Actors that outlive a timed-out wait run on goroutines of their own.
 	defer l.dispatcher.Close()
+	l.metrics.breakers.remove(l.Name, l.Breaker)
 	done := make(chan error, 1)
 	go func() { done <- l.system.Root.PoisonFuture(l.Root).Wait() }()
 	select {
@@ -168,7 +174,9 @@ func StartLayout(system *actor.ActorSystem, spec LayoutSpec, metrics *Metrics, l
 	if queue <= 0 {
 		queue = 4 * capacity
 	}
-	l := &Layout{Name: spec.Name, Spec: spec, Admission: NewAdmission(capacity, queue), system: system,
+	l := &Layout{Name: spec.Name, Spec: spec, Admission: NewAdmission(capacity, queue), system: system, metrics: metrics,
+		Breaker: NewBreaker(spec.Breaker, time.Now, metrics.breakerOpens.WithLabelValues(spec.Name),
+			metrics.breakerRefused.WithLabelValues(spec.Name), logger.With("layout", spec.Name)),
 		// One worker per actor is enough for every mailbox to run at once;
 		// the root and one more, for a mailbox rescheduled while its worker
 		// winds down.
@@ -197,6 +205,7 @@ func StartLayout(system *actor.ActorSystem, spec LayoutSpec, metrics *Metrics, l
 		return nil, fmt.Errorf("layout %q: %w", spec.Name, err)
 	}
 	l.Root = pid
+	metrics.breakers.set(spec.Name, l.Breaker)
 	return l, nil
 }
 

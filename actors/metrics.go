@@ -21,6 +21,12 @@ type Metrics struct {
 	splices    *prometheus.CounterVec
 	inFlight   *prometheus.GaugeVec
 	mailboxes  *mailboxCollector
+	// The layouts' circuit breakers: openings and refusals counted as
+	// they happen, the state read at scrape time (an open breaker turns
+	// half-open by the clock, with no event to set a gauge on).
+	breakerOpens   *prometheus.CounterVec
+	breakerRefused *prometheus.CounterVec
+	breakers       *breakerCollector
 }
 
 // NewMetrics creates the per-actor metrics and registers them with reg; a nil
@@ -68,9 +74,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 				"User messages waiting in an actor's mailbox at scrape time.", labels, nil),
 			boxes: map[actorKey]actor.Mailbox{},
 		},
+		breakerOpens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_layout_breaker_opens_total",
+			Help: "Times a layout's circuit breaker opened on this node (a failed probe opens it again).",
+		}, []string{"layout"}),
+		breakerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_layout_breaker_refused_total",
+			Help: "Chats a layout's open (or probing) circuit breaker refused on this node; their gateway tried another node or answered 503.",
+		}, []string{"layout"}),
+		breakers: &breakerCollector{
+			desc: prometheus.NewDesc("troupe_layout_breaker_state",
+				"A layout's circuit breaker on this node: 0 closed, 1 half-open (its probe chat may or does run), 2 open.", []string{"layout"}, nil),
+			byLayout: map[string]*Breaker{},
+		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.firstChunk, m.splices, m.inFlight, m.mailboxes)
+		reg.MustRegister(m.messages, m.processing, m.restarts, m.failures, m.cancels, m.firstChunk, m.splices, m.inFlight, m.mailboxes,
+			m.breakerOpens, m.breakerRefused, m.breakers)
 	}
 	return m
 }
@@ -172,5 +192,38 @@ func (c *mailboxCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, mb := range c.boxes {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
 			float64(mb.UserMessageCount()), k.layout, k.path)
+	}
+}
+
+// breakerCollector reads the layouts' breaker states at scrape time.
+type breakerCollector struct {
+	desc     *prometheus.Desc
+	mu       sync.Mutex
+	byLayout map[string]*Breaker
+}
+
+func (c *breakerCollector) set(layout string, b *Breaker) {
+	c.mu.Lock()
+	c.byLayout[layout] = b
+	c.mu.Unlock()
+}
+
+// remove drops a layout's breaker unless the layout's reloaded successor
+// took its place.
+func (c *breakerCollector) remove(layout string, b *Breaker) {
+	c.mu.Lock()
+	if c.byLayout[layout] == b {
+		delete(c.byLayout, layout)
+	}
+	c.mu.Unlock()
+}
+
+func (c *breakerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for layout, b := range c.byLayout {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, b.Status().State.Value(), layout)
 	}
 }

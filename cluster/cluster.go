@@ -379,6 +379,7 @@ func (c *Cluster) localLoad(origin string) *actors.NodeLoad {
 			continue
 		}
 		running, queued := l.Admission.LoadExcluding(origin)
+		breaker := l.Breaker.Status()
 		load.Layouts = append(load.Layouts, &actors.LayoutLoad{
 			Layout:     name,
 			Capacity:   uint32(l.Admission.Capacity()),
@@ -386,6 +387,10 @@ func (c *Cluster) localLoad(origin string) *actors.NodeLoad {
 			Queued:     uint32(queued),
 			QueueLimit: uint32(l.Admission.QueueLimit()),
 			Healthy:    l.Health().Healthy,
+			// A change of state goes out with the next report, within
+			// LoadInterval, as any change of load does.
+			Breaker:               breaker.State,
+			BreakerUntilUnixMilli: breaker.UntilUnixMilli(),
 		})
 	}
 	slices.SortFunc(load.Layouts, func(a, b *actors.LayoutLoad) int { return strings.Compare(a.Layout, b.Layout) })

@@ -11,7 +11,7 @@ import (
 // kinds looked up in reg. It builds every stage once, so bad arguments are
 // reported here, at their line, not when the first chat arrives.
 func Compile(f *File, name string, reg *actors.Registry) (actors.PipelineSpec, error) {
-	spec := actors.PipelineSpec{Name: name}
+	spec := actors.PipelineSpec{Name: name, Breaker: f.Model.Breaker}
 	var errs []error
 	fail := func(at pos, format string, args ...any) {
 		errs = append(errs, &Error{File: f.Name, Line: at.line, Column: at.column, Msg: fmt.Sprintf(format, args...)})

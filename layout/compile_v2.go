@@ -33,7 +33,7 @@ func CompileAll(f *File, name string, reg *actors.Registry) ([]actors.LayoutSpec
 		if l.Root.Type == "model" {
 			queue = l.Root.Queue
 		}
-		specs = append(specs, actors.LayoutSpec{Name: l.Name, Root: root, Queue: queue})
+		specs = append(specs, actors.LayoutSpec{Name: l.Name, Root: root, Queue: queue, Breaker: l.Breaker})
 	}
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)

@@ -3,7 +3,7 @@
 //
 // Version 1 is the Python original's format: an llm, a list of ingress
 // filters and a list of egress filters, each with a class and args (Troupe
-// adds two optional keys to llm: concurrency and queue). Version 2 names
+// adds three optional keys to llm: concurrency, queue and breaker). Version 2 names
 // several layouts, each a tree of pipeline, route, fallback, fanout and pool
 // nodes over model and filter kinds, with references between layouts.
 package layout
@@ -45,6 +45,9 @@ type Stage struct {
 	// Concurrency and Queue override a model kind's defaults; 0 keeps them.
 	Concurrency int
 	Queue       int
+	// Breaker is the layout's circuit breaker, set on a version 1 file's
+	// llm.
+	Breaker actors.BreakerConfig
 
 	line, argsLine pos
 }
@@ -209,6 +212,8 @@ func (p *parser) stage(n *yaml.Node, model bool) Stage {
 				continue
 			}
 			s.Args = args
+		case model && key.Value == "breaker":
+			s.Breaker = p.breaker(val)
 		case model && (key.Value == "concurrency" || key.Value == "queue"):
 			var v int
 			if err := val.Decode(&v); err != nil || v < 1 {
@@ -223,7 +228,7 @@ func (p *parser) stage(n *yaml.Node, model bool) Stage {
 		default:
 			want := "class, args"
 			if model {
-				want += ", concurrency, queue"
+				want += ", concurrency, queue, breaker"
 			}
 			p.errorf(key, "unknown key %q (want %s)", key.Value, want)
 		}

@@ -13,7 +13,10 @@ import (
 type Named struct {
 	Name string
 	Root *Node
-	at   pos
+	// Breaker is the layout's circuit breaker, set beside its top node's
+	// keys.
+	Breaker actors.BreakerConfig
+	at      pos
 }
 
 // Node is one node of a version 2 layout as written. Type says which; each
@@ -105,8 +108,29 @@ func (p *parser) layouts(n *yaml.Node) {
 			continue
 		}
 		seen[name] = pos{key.Line, key.Column}
-		p.file.Layouts = append(p.file.Layouts, &Named{Name: name, Root: p.node(val), at: pos{key.Line, key.Column}})
+		l := &Named{Name: name, at: pos{key.Line, key.Column}}
+		l.Root, l.Breaker = p.layoutTop(val)
+		p.file.Layouts = append(p.file.Layouts, l)
 	}
+}
+
+// layoutTop parses a layout's top node, which may also carry the settings of
+// the layout as a whole (breaker).
+func (p *parser) layoutTop(n *yaml.Node) (*Node, actors.BreakerConfig) {
+	var b actors.BreakerConfig
+	if n.Kind == yaml.MappingNode {
+		rest := *n
+		rest.Content = nil
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "breaker" {
+				b = p.breaker(n.Content[i+1])
+				continue
+			}
+			rest.Content = append(rest.Content, n.Content[i], n.Content[i+1])
+		}
+		n = &rest
+	}
+	return p.node(n), b
 }
 
 // node parses one node: a mapping with exactly one of the node types' keys
@@ -160,6 +184,10 @@ func (p *parser) node(n *yaml.Node) *Node {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]
 		if !allowed[key.Value] {
+			if key.Value == "breaker" {
+				p.errorf(key, "breaker is a setting of a whole layout: put it beside the keys of the layout's top node")
+				continue
+			}
 			if !slices.Contains(nodeTypes, key.Value) { // a second type is reported above
 				p.errorf(key, "unknown key %q for a %s node (want %s)", key.Value, node.Type, keysOf(node.Type))
 			}

@@ -234,3 +234,56 @@ func FuzzParseV2(f *testing.F) {
 		}
 	})
 }
+
+// A layout's breaker sits beside its top node's keys (version 2) or in
+// llm (version 1); what it leaves out keeps the defaults.
+func TestBreakerSettings(t *testing.T) {
+	for _, tt := range []struct {
+		name, src string
+		want      actors.BreakerConfig
+	}{
+		{"v2", "version: 2\nlayouts:\n  a:\n    fallback: [{model: reflect}]\n    breaker: {failures: 3, ratio: 0.25, window: 40, cooldown: 2s, max_cooldown: 1m}\n",
+			actors.BreakerConfig{Failures: 3, Ratio: 0.25, Window: 40, Cooldown: 2 * time.Second, MaxCooldown: time.Minute}},
+		{"v2 some", "version: 2\nlayouts:\n  a: {model: reflect, breaker: {cooldown: 30s}}\n", actors.BreakerConfig{Cooldown: 30 * time.Second}},
+		{"v2 off", "version: 2\nlayouts:\n  a: {model: reflect, breaker: off}\n", actors.BreakerConfig{Off: true}},
+		{"v2 false", "version: 2\nlayouts:\n  a: {model: reflect, breaker: false}\n", actors.BreakerConfig{Off: true}},
+		{"v2 none", "version: 2\nlayouts:\n  a: {model: reflect}\n", actors.BreakerConfig{}},
+		{"v1", "version: 1\nllm:\n  class: reflect\n  breaker: {failures: 2}\n", actors.BreakerConfig{Failures: 2}},
+		{"v1 off", "version: 1\nllm:\n  class: reflect\n  breaker: off\n", actors.BreakerConfig{Off: true}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := layout.Parse("l.yaml", []byte(tt.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs, err := layout.CompileAll(f, "a", actors.DefaultRegistry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := specs[0].Breaker; got != tt.want {
+				t.Fatalf("breaker %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBreakerErrorsNamePlace(t *testing.T) {
+	for _, tt := range []struct{ name, src, want string }{
+		{"unknown key", "version: 2\nlayouts:\n  a: {model: reflect, breaker: {failure: 3}}\n", "l.yaml:3:33: unknown key \"failure\" in breaker"},
+		{"ratio", "version: 2\nlayouts:\n  a: {model: reflect, breaker: {ratio: 2}}\n", "l.yaml:3:40: ratio must be a share"},
+		{"failures", "version: 2\nlayouts:\n  a: {model: reflect, breaker: {failures: 0}}\n", "l.yaml:3:43: failures must be a whole number of at least 1"},
+		{"cooldown", "version: 2\nlayouts:\n  a: {model: reflect, breaker: {cooldown: soon}}\n", "l.yaml:3:43: cooldown wants a duration"},
+		{"max below", "version: 2\nlayouts:\n  a: {model: reflect, breaker: {cooldown: 1m, max_cooldown: 30s}}\n", "l.yaml:3:61: max_cooldown (30s) is shorter than cooldown (1m0s)"},
+		{"not a mapping", "version: 2\nlayouts:\n  a: {model: reflect, breaker: [1]}\n", "l.yaml:3:32: breaker wants off, or a mapping"},
+		{"nested", "version: 2\nlayouts:\n  a: {fallback: [{model: reflect, breaker: off}]}\n", "l.yaml:3:35: breaker is a setting of a whole layout"},
+		{"v1 filter", "version: 1\nllm:\n  class: reflect\negress-filters:\n  - class: opencc\n    breaker: off\n", "l.yaml:6:5: unknown key \"breaker\" (want class, args)"},
+		{"v1 cooldown", "version: 1\nllm:\n  class: reflect\n  breaker:\n    cooldown: -1s\n", "l.yaml:5:15: cooldown wants a duration above zero"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := layout.Parse("l.yaml", []byte(tt.src))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
