@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -112,6 +113,15 @@ func (h *host) run(ctx context.Context, hc *hostedChat) {
 		hc.cancel(nil)
 	}()
 	req, gateway := hc.req, hc.req.ReplyTo
+	ticket, wait, ok := hc.layout.Breaker.Admit()
+	if !ok {
+		h.system.Root.Send(gateway, &actors.Failure{ChatId: req.ChatId, Code: actors.Code_CODE_CIRCUIT_OPEN,
+			Reason: req.Layout + " keeps failing on this node and is out of rotation for now", ReplyTo: gateway,
+			RetryAfterMs: uint32(min(wait.Milliseconds(), 1<<31))})
+		return
+	}
+	verdict := actors.VerdictNone
+	defer func() { ticket.Done(verdict) }()
 	admission, origin := hc.layout.Admission, gateway.GetAddress()
 	if err := admission.AcquireFor(ctx, origin); err != nil {
 		f := &actors.Failure{ChatId: req.ChatId, Code: actors.Code_CODE_CANCELED, Reason: "the chat was cancelled", ReplyTo: gateway}
@@ -149,6 +159,12 @@ func (h *host) run(ctx context.Context, hc *hostedChat) {
 		case <-relay.done:
 		case <-hc.layout.Epoch().Context().Done():
 		}
+	}
+	verdict = relay.verdict()
+	if verdict == actors.VerdictNone && req.DeadlineUnixNano > 0 && !time.Now().Before(time.Unix(0, req.DeadlineUnixNano)) {
+		// Cancelled by its gateway at its time limit: the layout was
+		// still at it, which the breaker counts as a failure.
+		verdict = actors.VerdictFailure
 	}
 }
 
@@ -214,6 +230,9 @@ type relay struct {
 	ended   func() // called before the terminal message goes on
 	once    sync.Once
 	done    chan struct{}
+	// ending is the verdict of the chat's terminal message, set once
+	// before done is closed.
+	ending actors.Verdict
 }
 
 func newRelay(system *actor.ActorSystem, chatID string, gateway *actor.PID, ended func()) *relay {
@@ -237,11 +256,11 @@ func (r *relay) SendUserMessage(_ *actor.PID, message any) {
 	case *actors.End:
 		m.ReplyTo = r.gateway
 		r.ended()
-		defer r.finish()
+		defer r.finish(actors.VerdictSuccess)
 	case *actors.Failure:
 		m.ReplyTo = r.gateway
 		r.ended()
-		defer r.finish()
+		defer r.finish(actors.VerdictOf(m.Code))
 	default:
 		return
 	}
@@ -252,7 +271,24 @@ func (r *relay) fail(code actors.Code, reason string) {
 	r.SendUserMessage(r.pid, &actors.Failure{ChatId: r.chatID, Code: code, Reason: reason})
 }
 
-func (r *relay) finish()                           { r.once.Do(func() { close(r.done) }) }
+// finish ends the relay; the first terminal message's verdict stands.
+func (r *relay) finish(v actors.Verdict) {
+	r.once.Do(func() {
+		r.ending = v
+		close(r.done)
+	})
+}
+
+// verdict is the chat's verdict once done is closed, VerdictNone before.
+func (r *relay) verdict() actors.Verdict {
+	select {
+	case <-r.done:
+		return r.ending
+	default:
+		return actors.VerdictNone
+	}
+}
+
 func (r *relay) SendSystemMessage(*actor.PID, any) {}
-func (r *relay) Stop(*actor.PID)                   { r.finish() }
+func (r *relay) Stop(*actor.PID)                   { r.finish(actors.VerdictNone) }
 func (r *relay) close()                            { r.system.ProcessRegistry.Remove(r.pid) }

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,4 +165,77 @@ func TestHostChats(t *testing.T) {
 	if !ok || f.Code != actors.Code_CODE_OVERLOADED || f.RetryAfterMs != uint32(l.Admission.RetryAfter().Milliseconds()) || f.RetryAfterMs == 0 {
 		t.Fatalf("got %v, want an overload with the admission's Retry-After", batch[0])
 	}
+}
+
+// The host asks the layout's breaker before it runs a chat another gateway
+// sent, refuses it while the breaker is open with the time left, and tells
+// the breaker how each chat ended: a model's errors open it, a probe that
+// succeeds closes it.
+func TestHostChatsAndTheBreaker(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	model := actors.ModelFunc(func(_ context.Context, req *actors.ChatRequest, emit func(string) error) error {
+		if failing.Load() {
+			return &actors.Error{Code: actors.Code_CODE_UNAVAILABLE, Reason: "the model server is unavailable"}
+		}
+		return emit("ok")
+	})
+	c, l := testClusterOf(t, model, 4, 0)
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	l.Breaker = actors.NewBreaker(actors.BreakerConfig{Failures: 2, Cooldown: 10 * time.Second}, clock, nil, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ask := func(id string) *actors.Failure {
+		t.Helper()
+		reply := actors.NewReply(c.system, id)
+		defer reply.Close()
+		c.system.Root.Send(c.host.pid, &actors.ChatRequest{ChatId: id, Layout: "llm", ReplyTo: reply.PID(),
+			History: []*actors.Message{{Role: actors.Role_ROLE_USER, Content: "hi"}}})
+		for {
+			batch, err := reply.Receive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, msg := range batch {
+				switch msg := msg.(type) {
+				case *actors.End:
+					return nil
+				case *actors.Failure:
+					return msg
+				}
+			}
+		}
+	}
+	waitState := func(want actors.BreakerState) {
+		t.Helper()
+		for l.Breaker.Status().State != want {
+			if ctx.Err() != nil {
+				t.Fatalf("breaker %s, want %s", l.Breaker.Status().State.Word(), want.Word())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for _, id := range []string{"f1", "f2"} {
+		if f := ask(id); f == nil || f.Code != actors.Code_CODE_UNAVAILABLE {
+			t.Fatalf("%s: %v, want the model's error", id, f)
+		}
+	}
+	waitState(actors.BreakerState_BREAKER_OPEN)
+	mu.Lock()
+	now = now.Add(4 * time.Second)
+	mu.Unlock()
+	if f := ask("refused"); f == nil || f.Code != actors.Code_CODE_CIRCUIT_OPEN || f.RetryAfterMs != 6000 {
+		t.Fatalf("got %v, want CODE_CIRCUIT_OPEN with 6 s left", f)
+	}
+
+	failing.Store(false)
+	mu.Lock()
+	now = now.Add(6 * time.Second)
+	mu.Unlock()
+	if f := ask("probe"); f != nil {
+		t.Fatalf("the probe failed: %v", f)
+	}
+	waitState(actors.BreakerState_BREAKER_CLOSED)
 }

@@ -150,6 +150,14 @@ func (e *overloaded) Error() string             { return actors.ErrOverloaded.Er
 func (e *overloaded) Is(target error) bool      { return target == actors.ErrOverloaded }
 func (e *overloaded) RetryAfter() time.Duration { return e.wait }
 
+// circuitOpen is Route's refusal when the only nodes that serve a layout
+// have taken it out of rotation with their circuit breakers.
+type circuitOpen struct{ wait time.Duration }
+
+func (e *circuitOpen) Error() string             { return actors.ErrCircuitOpen.Error() }
+func (e *circuitOpen) Is(target error) bool      { return target == actors.ErrCircuitOpen }
+func (e *circuitOpen) RetryAfter() time.Duration { return e.wait }
+
 // Route picks the node for a chat of layout: the node its conversation
 // (key) sticks to while that node has room; else this node if it has room;
 // else the member with the most room (room that stayed free through the
@@ -164,10 +172,18 @@ func (e *overloaded) RetryAfter() time.Duration { return e.wait }
 // once never count the same free place twice, and a chat routed here with
 // room has its place already (Target.Admitted).
 //
+// This node's layout is a candidate whatever its circuit breaker says: the
+// gateway asks the breaker itself, as the chat's attempt starts. A
+// member's layout is one while its breaker, as last reported, is closed;
+// when no such member is left, one whose breaker is half-open (the chat
+// is its probe).
+//
 // It returns an error that is actors.ErrOverloaded when this node is full
 // and every member has been tried (with a RetryAfter method: how long until
-// this node expects room), and ErrNoNode when none serves the layout or all
-// are unhealthy.
+// this node expects room), one that is actors.ErrCircuitOpen when the only
+// members left have their breakers open (with a RetryAfter method: the
+// soonest one's cool-down left), and ErrNoNode when none serves the layout
+// or all are unhealthy.
 func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 	c.routeMu.Lock()
 	defer c.routeMu.Unlock()
@@ -182,6 +198,13 @@ func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 			busy: running + queued, cautious: running + queued, queueLimit: local.Admission.QueueLimit()})
 	}
 	now := time.Now()
+	// Members whose breaker is half-open take a chat, their probe, only
+	// when no other node can: the risk of a model that may still fail
+	// stays with as few chats as possible. Those whose breaker is open or
+	// probing take none; circuit is the soonest any of them expects to
+	// take chats again.
+	var probes []candidate
+	var circuit time.Duration
 	c.mu.RLock()
 	for name, m := range c.members {
 		if slices.Contains(tried, name) {
@@ -191,13 +214,33 @@ func (c *Cluster) Route(layout, key string, tried []string) (Target, error) {
 		load := m.load[layout]
 		if load != nil && load.Healthy && !m.suspect && now.After(m.unreachable) {
 			busy, cautious := m.busy(layout, load, now)
-			cands = append(cands, candidate{name: name, member: m, capacity: int(load.Capacity),
-				busy: busy, cautious: cautious, queueLimit: int(load.QueueLimit)})
+			k := candidate{name: name, member: m, capacity: int(load.Capacity),
+				busy: busy, cautious: cautious, queueLimit: int(load.QueueLimit)}
+			switch load.GetBreaker() {
+			case actors.BreakerState_BREAKER_CLOSED:
+				cands = append(cands, k)
+			case actors.BreakerState_BREAKER_HALF_OPEN:
+				probes = append(probes, k)
+			default:
+				wait := time.UnixMilli(load.GetBreakerUntilUnixMilli()).Sub(now)
+				if load.GetBreakerUntilUnixMilli() == 0 || wait < time.Second {
+					wait = time.Second // a probe runs, or the news of its end is on its way
+				}
+				if circuit == 0 || wait < circuit {
+					circuit = wait
+				}
+			}
 		}
 		m.mu.Unlock()
 	}
 	c.mu.RUnlock()
 	if len(cands) == 0 {
+		cands = probes
+	}
+	if len(cands) == 0 {
+		if circuit > 0 {
+			return Target{}, &circuitOpen{wait: circuit}
+		}
 		return Target{}, ErrNoNode
 	}
 

@@ -24,12 +24,18 @@ var echoModel = actors.ModelFunc(func(_ context.Context, req *actors.ChatRequest
 // and members whose loads the test sets; nothing listens.
 func testCluster(t *testing.T, capacity, queue int) (*Cluster, *actors.Layout) {
 	t.Helper()
+	return testClusterOf(t, echoModel, capacity, queue)
+}
+
+// testClusterOf is testCluster with a layout of the given model.
+func testClusterOf(t *testing.T, model actors.Model, capacity, queue int) (*Cluster, *actors.Layout) {
+	t.Helper()
 	system := actor.NewActorSystemWithConfig(actor.Configure(actor.WithLoggerFactory(
 		func(*actor.ActorSystem) *slog.Logger { return slog.New(slog.DiscardHandler) })))
 	t.Cleanup(system.Shutdown)
 	l, err := actors.StartPipeline(system, actors.PipelineSpec{
 		Name:  "llm",
-		Model: actors.ModelSpec{Path: "model/echo", New: func() (actors.Model, error) { return echoModel, nil }, Capacity: capacity, Queue: queue},
+		Model: actors.ModelSpec{Path: "model/echo", New: func() (actors.Model, error) { return model, nil }, Capacity: capacity, Queue: queue},
 	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -495,5 +501,66 @@ func TestRouteOverloadedSaysWhenToRetry(t *testing.T) {
 	}
 	if got, want := w.RetryAfter(), l.Admission.RetryAfter(); got != want || got <= 0 {
 		t.Fatalf("RetryAfter %v, want the admission's %v", got, want)
+	}
+}
+
+// setBreaker makes a member report its breaker in a newer broadcast.
+func (c *Cluster) setBreaker(m *Member, state actors.BreakerState, until time.Time) {
+	m.mu.Lock()
+	l := m.load["llm"]
+	seq := m.seq + 1
+	m.mu.Unlock()
+	fresh := &actors.LayoutLoad{Layout: "llm", Capacity: l.Capacity, Running: l.Running, Queued: l.Queued,
+		QueueLimit: l.QueueLimit, Healthy: l.Healthy, Breaker: state}
+	if !until.IsZero() {
+		fresh.BreakerUntilUnixMilli = until.UnixMilli()
+	}
+	c.applyLoad(&actors.NodeLoad{Node: m.Name, Seq: seq, Layouts: []*actors.LayoutLoad{fresh}})
+}
+
+// A member whose breaker is open or probing gets no chats; one whose
+// breaker is half-open gets a chat, its probe, only when no other node can
+// take it; with nothing else left, Route says the circuit is open and
+// when the soonest breaker expects to close.
+func TestRouteAroundOpenBreakers(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	a := c.addMember("a", 0, 0, 4, 4, true)
+	b := c.addMember("b", 0, 0, 4, 4, true)
+	fill(t, l, 1) // this node is full: the members decide
+	c.setBreaker(a, actors.BreakerState_BREAKER_OPEN, time.Now().Add(7*time.Second))
+	for i := 0; i < 10; i++ {
+		if got := route(t, c, fmt.Sprint("k", i)); got != "b" {
+			t.Fatalf("chat %d went to %s, whose breaker is open", i, got)
+		}
+	}
+
+	c.setBreaker(a, actors.BreakerState_BREAKER_HALF_OPEN, time.Time{})
+	for i := 0; i < 10; i++ {
+		if got := route(t, c, fmt.Sprint("k", i)); got != "b" {
+			t.Fatalf("chat %d went to the half-open %s while b had room", i, got)
+		}
+	}
+	if got := route(t, c, "", "self", "b"); got != "a" {
+		t.Fatalf("with b tried, the chat went to %s, not to a as its probe", got)
+	}
+
+	c.setBreaker(a, actors.BreakerState_BREAKER_OPEN, time.Now().Add(7*time.Second))
+	c.setBreaker(b, actors.BreakerState_BREAKER_PROBING, time.Time{})
+	_, err := c.Route("llm", "", []string{"self"})
+	var w interface{ RetryAfter() time.Duration }
+	if !errors.Is(err, actors.ErrCircuitOpen) || !errors.As(err, &w) {
+		t.Fatalf("err %v, want the circuit open", err)
+	}
+	if wait := w.RetryAfter(); wait != time.Second {
+		t.Fatalf("retry after %v, want 1s (b's probe may end any moment)", wait)
+	}
+	c.setBreaker(b, actors.BreakerState_BREAKER_OPEN, time.Now().Add(20*time.Second))
+	_, err = c.Route("llm", "", []string{"self"})
+	if !errors.As(err, &w) || w.RetryAfter() < 6*time.Second || w.RetryAfter() > 7*time.Second {
+		t.Fatalf("err %v, want a's cool-down left, about 7s", err)
+	}
+	c.setBreaker(a, actors.BreakerState_BREAKER_CLOSED, time.Time{})
+	if got := route(t, c, "", "self"); got != "a" {
+		t.Fatalf("a closed again, yet the chat went to %s", got)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/troupe-llm/troupe/actors"
 )
 
 // Member states as Members reports them.
@@ -40,6 +42,10 @@ type LayoutStatus struct {
 	Name                                  string
 	Capacity, Running, Queued, QueueLimit int
 	Healthy                               bool
+	// Breaker is the state of the layout's circuit breaker on the node;
+	// BreakerUntil, while it is open, when its cool-down ends.
+	Breaker      actors.BreakerState
+	BreakerUntil time.Time
 }
 
 // Members returns a snapshot of the cluster: this node first, then the
@@ -61,9 +67,10 @@ func (c *Cluster) Members() []MemberStatus {
 	}
 	for name, l := range c.layouts.Map() {
 		running, queued := l.Admission.Load()
+		b := l.Breaker.Status()
 		self.Layouts = append(self.Layouts, LayoutStatus{
 			Name: name, Capacity: l.Admission.Capacity(), Running: running, Queued: queued,
-			QueueLimit: l.Admission.QueueLimit(), Healthy: l.Health().Healthy,
+			QueueLimit: l.Admission.QueueLimit(), Healthy: l.Health().Healthy, Breaker: b.State, BreakerUntil: b.Until,
 		})
 	}
 	sortLayouts(self.Layouts)
@@ -96,10 +103,14 @@ func (c *Cluster) Members() []MemberStatus {
 			s.State = StateSuspect
 		}
 		for layout, l := range m.load {
-			s.Layouts = append(s.Layouts, LayoutStatus{
+			ls := LayoutStatus{
 				Name: layout, Capacity: int(l.GetCapacity()), Running: int(l.GetRunning()), Queued: int(l.GetQueued()),
-				QueueLimit: int(l.GetQueueLimit()), Healthy: l.GetHealthy(),
-			})
+				QueueLimit: int(l.GetQueueLimit()), Healthy: l.GetHealthy(), Breaker: l.GetBreaker(),
+			}
+			if ms := l.GetBreakerUntilUnixMilli(); ms != 0 {
+				ls.BreakerUntil = time.UnixMilli(ms)
+			}
+			s.Layouts = append(s.Layouts, ls)
 		}
 		m.mu.Unlock()
 		sortLayouts(s.Layouts)
