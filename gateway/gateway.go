@@ -134,7 +134,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		metrics:    newMetrics(cfg.Registerer, layouts),
 		chatPrefix: hex.EncodeToString(prefix[:]) + "-",
 		running:    map[string]runningChat{},
-		memory:     newMemoryReleaser(cfg.ReleaseMemoryAfter, debug.FreeOSMemory),
+		memory:     newMemoryReleaser(cfg.ReleaseMemoryAfter, debug.FreeOSMemory, realClock{}, cfg.Registerer),
 		drained:    make(chan struct{}),
 		apiKeys:    newAPIKeys(cfg.APIKeys),
 		started:    time.Now(),

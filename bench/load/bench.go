@@ -37,6 +37,9 @@ type runResult struct {
 	genCPU    time.Duration
 	othersCPU time.Duration // on serverCPU, by anything but the server
 	peakRSS   int64
+	// releases counts the times the server returned memory to the OS
+	// during the run; -1 for a server that does not say (bare).
+	releases int
 }
 
 func (r *runResult) rate() float64 { return float64(r.ok) / r.elapsed.Seconds() }
@@ -148,10 +151,15 @@ func (b *bench) measureOnce(ctx context.Context, srv *server, inputName string, 
 		return r, err
 	}
 	gen0 := selfCPU()
+	released0, counted := srv.memoryReleases()
 	sampler := sampleRSS(srv.pid, rssInterval)
 	r.loadStats = closedLoop(ctx, conns, c.want, b.o.duration)
 	r.peakRSS = sampler.stop()
 	r.genCPU = selfCPU() - gen0
+	r.releases = -1
+	if released1, ok := srv.memoryReleases(); counted && ok {
+		r.releases = released1 - released0
+	}
 	cpu1, err := proc.CPUTime(srv.pid)
 	if err != nil {
 		return r, err

@@ -40,6 +40,21 @@ func (r *report) find(target, input string, clients int) *runResult {
 	return nil
 }
 
+// releasesUnderLoad sums the memory releases of the runs that count them.
+func (r *report) releasesUnderLoad() (runs, releases int) {
+	all := append([]runResult{}, r.runs...)
+	if r.chunked != nil {
+		all = append(all, *r.chunked)
+	}
+	for _, x := range all {
+		if x.releases >= 0 {
+			runs++
+			releases += x.releases
+		}
+	}
+	return runs, releases
+}
+
 func (r *report) markdown() string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
@@ -111,6 +126,9 @@ func (r *report) markdown() string {
 		p("| %s | %s | %s | %s |\n", mem.name, mib(mem.started), mib(mem.idle), mib(mem.peak))
 	}
 	p("\n")
+	if runs, releases := r.releasesUnderLoad(); runs > 0 {
+		p("Troupe returned memory to the OS %d times during its %d measured runs (it does so only after a quiet spell without chats).\n\n", releases, runs)
+	}
 
 	perChunk, marginal := r.chunkCosts()
 	if r.chunked != nil {

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -81,6 +85,25 @@ func startServer(ctx context.Context, name, taskset, bin string, env []string) (
 		s.stop()
 		return nil, ctx.Err()
 	}
+}
+
+// memoryReleases reads troupe_memory_releases_total from the server's
+// /metrics; ok is false for a server without it (bare).
+func (s *server) memoryReleases() (n int, ok bool) {
+	base, _, _ := strings.Cut(strings.TrimPrefix(s.url, "http://"), "/")
+	resp, err := http.Get("http://" + base + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	for lines.Scan() {
+		if v, found := strings.CutPrefix(lines.Text(), "troupe_memory_releases_total "); found {
+			f, err := strconv.ParseFloat(v, 64)
+			return int(f), err == nil
+		}
+	}
+	return 0, false
 }
 
 // alive reports an error if the server has exited.
