@@ -1,7 +1,9 @@
 // Package chaos is the chaos model, for tests and demos of what a layout
 // does with a model that fails: it answers like the dummy model, but each
 // chat may panic, fail, hang or crawl, each with its own probability, from
-// a seeded random source so that a run can be repeated.
+// a seeded random source so that a run can be repeated; and it fails only
+// while a file exists, when told so, so that it can be broken and mended
+// while it runs.
 package chaos
 
 import (
@@ -9,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"time"
 
@@ -45,6 +48,11 @@ type Args struct {
 	CrashLoop int `json:"crash_loop"`
 	// Seed makes the draws repeatable; 0 picks one.
 	Seed uint64 `json:"seed"`
+	// WhileFile, when set, makes the model fail only while this file
+	// exists: every chat is spared while it does not. A test or a demo
+	// breaks and mends a running model by creating and removing it, from
+	// any process.
+	WhileFile string `json:"while_file"`
 }
 
 // Default sets the arguments a layout leaves out.
@@ -109,6 +117,11 @@ func New(a Args) (actors.Model, error) {
 }
 
 func (m *Model) draw() fate {
+	if m.args.WhileFile != "" {
+		if _, err := os.Stat(m.args.WhileFile); err != nil {
+			return spared
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.crashesYet < m.args.CrashLoop {

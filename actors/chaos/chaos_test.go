@@ -3,6 +3,8 @@ package chaos
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +121,27 @@ func TestBadArguments(t *testing.T) {
 		if _, err := k.New(args); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// With while_file, the model fails only while the file exists.
+func TestWhileFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "broken")
+	m := newModel(t, actors.Args{"content": "ok", "delay": "0s", "error": 1, "while_file": file})
+	ctx := context.Background()
+	if text, err, _ := generate(m, ctx); err != nil || text != "ok" {
+		t.Fatalf("without the file: %q, %v; want spared", text, err)
+	}
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err, _ := generate(m, ctx); err == nil {
+		t.Fatal("with the file the chat was spared")
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	if _, err, _ := generate(m, ctx); err != nil {
+		t.Fatalf("the file removed, the chat failed: %v", err)
 	}
 }
