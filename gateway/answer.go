@@ -29,6 +29,9 @@ type answer interface {
 	// abort finishes an answer stopped through the abort endpoint: what was
 	// written stands as the answer.
 	abort()
+	// cut finishes an answer that reached MaxAnswerBytes: what was written
+	// stands, marked as cut.
+	cut()
 	// reject answers a chat that never reached a layout.
 	reject(status int, msg string, retryAfter time.Duration)
 	state() *answerState
@@ -43,6 +46,7 @@ type answerState struct {
 	// may move elsewhere only while nothing went to the client.
 	written atomic.Bool
 	runes   int
+	room    answerRoom
 	// conn, when not nil, can take the connection over from net/http, so
 	// that the chat streams on without its HTTP handler.
 	conn *takeoverWriter
@@ -96,8 +100,8 @@ type textAnswer struct {
 	tw      takeoverWriter
 }
 
-func newTextAnswer(w http.ResponseWriter, r *http.Request, chatID string) *textAnswer {
-	a := &textAnswer{answerState: answerState{chatID: chatID}}
+func newTextAnswer(w http.ResponseWriter, r *http.Request, chatID string, maxBytes int64) *textAnswer {
+	a := &textAnswer{answerState: answerState{chatID: chatID, room: answerRoom{left: maxBytes, limit: maxBytes}}}
 	a.tw.init(w, r)
 	a.w, a.flusher = &a.tw, &a.tw
 	if a.tw.able {
@@ -136,6 +140,7 @@ var (
 
 func (c *textAnswer) text(text string) {
 	c.start(http.StatusOK)
+	text = c.room.fit(text)
 	c.runes += utf8.RuneCountInString(text)
 	_, _ = io.WriteString(c.w, text)
 }
@@ -153,6 +158,11 @@ func (c *textAnswer) flush() {
 func (c *textAnswer) end(*actors.End) { c.start(http.StatusOK) }
 
 func (c *textAnswer) abort() { c.start(http.StatusOK) }
+
+func (c *textAnswer) cut() {
+	c.start(http.StatusOK)
+	_, _ = fmt.Fprintf(c.w, "\n\n[The answer was cut here: it reached the limit of %s.]\n", bytesText(c.room.limit))
+}
 
 func (c *textAnswer) fail(status int, reason string) {
 	if !c.started {

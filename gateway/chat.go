@@ -314,6 +314,11 @@ func (c *chat) handle(batch []any) (outcome string, wait time.Duration, done boo
 			} else {
 				out.text(msg.Text)
 			}
+			if st.room.cut {
+				// Ending the attempt cancels the generation.
+				out.cut()
+				return outcomeCut, 0, true
+			}
 		case *actors.End:
 			m.promptTokens.Add(float64(msg.PromptTokens))
 			m.completionTokens.Add(float64(msg.CompletionTokens))
@@ -443,6 +448,7 @@ func (s *Server) record(req *actors.ChatRequest, outcome string, out answer, m *
 		}
 	} else {
 		s.metrics.chats.WithLabelValues(req.Layout, outcome).Inc()
+		s.countLimitOutcome(outcome)
 	}
 	// Checked first because building the arguments costs allocations
 	// even when the line is dropped.

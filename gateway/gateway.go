@@ -42,8 +42,9 @@ type Config struct {
 	// ChatTimeout bounds a chat from admission to its last byte; default
 	// 10 minutes.
 	ChatTimeout time.Duration
-	// MaxInputBytes bounds a chat request's body; default 8 MiB.
-	MaxInputBytes int64
+	// Limits bound requests, answers and connections; zero fields take
+	// DefaultLimits' values.
+	Limits Limits
 	// ReleaseMemoryAfter is how long the node must go without chats before
 	// it returns the memory they left free to the OS (at most every 10 s);
 	// default 200ms, negative never.
@@ -66,6 +67,7 @@ type Server struct {
 	logger  *slog.Logger
 	metrics *metrics
 	router  *httprouter.Router
+	conns   *connLimiter
 
 	layouts      *actors.LayoutSet
 	chatPrefix   string
@@ -109,9 +111,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 	if cfg.ChatTimeout <= 0 {
 		cfg.ChatTimeout = 10 * time.Minute
 	}
-	if cfg.MaxInputBytes <= 0 {
-		cfg.MaxInputBytes = 8 << 20
-	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.ReleaseMemoryAfter == 0 {
 		cfg.ReleaseMemoryAfter = 200 * time.Millisecond
 	}
@@ -126,12 +126,14 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 	}
 	var prefix [4]byte
 	_, _ = rand.Read(prefix[:])
+	conns := &connLimiter{max: cfg.Limits.MaxConnections}
 	s := &Server{
 		cfg:        cfg,
 		system:     system,
 		logger:     cfg.Logger,
 		layouts:    layouts,
-		metrics:    newMetrics(cfg.Registerer, layouts),
+		metrics:    newMetrics(cfg.Registerer, layouts, conns),
+		conns:      conns,
 		chatPrefix: hex.EncodeToString(prefix[:]) + "-",
 		running:    map[string]runningChat{},
 		memory:     newMemoryReleaser(cfg.ReleaseMemoryAfter, debug.FreeOSMemory, realClock{}, cfg.Registerer),
@@ -139,6 +141,7 @@ func New(cfg Config, system *actor.ActorSystem) (*Server, error) {
 		apiKeys:    newAPIKeys(cfg.APIKeys),
 		started:    time.Now(),
 	}
+	conns.metrics = s.metrics
 	for name := range layouts.Map() {
 		s.chatMetrics(name)
 	}
@@ -162,23 +165,36 @@ func (s *Server) routes() (r *httprouter.Router, err error) {
 		}
 	}()
 	r = httprouter.New()
+	// The chat handlers mark their connection serving once they have
+	// their request; the others serve from the start (see connLimiter).
 	r.POST(chatCompletionsPath, s.handleChatCompletions)
-	r.GET(modelsPath, s.handleModels)
+	r.GET(modelsPath, serving(s.handleModels))
 	r.POST(cfg.Endpoint, s.handleChat)
 	r.POST(cfg.Endpoint+"/:slot", s.handleChat)
 	// httprouter cannot hold both /abort and /:slot at one level, so the
 	// slot handler also takes "abort".
-	r.GET(cfg.Endpoint+"/:slot", s.handleSlotGet)
-	r.GET(cfg.Endpoint+"/:slot/abort", s.handleSlotAbort)
-	r.GET("/health", s.handleHealth)
-	r.HEAD("/health", s.handleHealth)
-	r.GET("/ready", s.handleReady)
-	r.HEAD("/ready", s.handleReady)
-	r.POST("/drain", s.handleDrain)
-	r.GET("/", s.handleStatusPage)
-	r.GET("/status.json", s.handleStatusJSON)
-	r.Handler(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	r.GET(cfg.Endpoint+"/:slot", serving(s.handleSlotGet))
+	r.GET(cfg.Endpoint+"/:slot/abort", serving(s.handleSlotAbort))
+	r.GET("/health", serving(s.handleHealth))
+	r.HEAD("/health", serving(s.handleHealth))
+	r.GET("/ready", serving(s.handleReady))
+	r.HEAD("/ready", serving(s.handleReady))
+	r.POST("/drain", serving(s.handleDrain))
+	r.GET("/", serving(s.handleStatusPage))
+	r.GET("/status.json", serving(s.handleStatusJSON))
+	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
+	r.GET("/metrics", serving(func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) { metrics.ServeHTTP(w, r) }))
 	return r, nil
+}
+
+// serving marks the connection of h's requests serving while h runs.
+func serving(h httprouter.Handle) httprouter.Handle {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		c := connOf(r)
+		c.serve()
+		defer c.rest()
+		h(w, r, ps)
+	}
 }
 
 // Handler returns the gateway's HTTP handler.

@@ -204,7 +204,7 @@ func TestBadRequests(t *testing.T) {
 		{"bad modelfile", "/v1/completion", url.Values{"input": {userInput("x")}, "modelfile": {"{"}}, 400, "Modelfile must be"},
 		{"slot past capacity", "/v1/completion/2", form(userInput("x")), 404, ""},
 		{"slot not a number", "/v1/completion/x", form(userInput("x")), 404, ""},
-		{"too large", "/v1/completion", form(strings.Repeat("x", 9<<20)), 413, "too long"},
+		{"too large", "/v1/completion", form(strings.Repeat("x", 9<<20)), 413, "too large: at most 8 MiB"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ const (
 	outcomeCancelled = "cancelled" // the client went away
 	outcomeAborted   = "aborted"   // stopped through the abort endpoint
 	outcomeTimedOut  = "timed_out"
+	outcomeCut       = "cut" // the answer reached MaxAnswerBytes
 )
 
 // metrics are the gateway's series, built in one place against an injected
@@ -34,16 +35,19 @@ type metrics struct {
 	sent         prometheus.Counter
 	reroutes     prometheus.Counter
 	dispatch     prometheus.Histogram
+	limitHits    *prometheus.CounterVec
+	reclaimed    prometheus.Counter
+	connections  *connCollector
 }
 
 var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
-func newMetrics(reg prometheus.Registerer, layouts *actors.LayoutSet) *metrics {
+func newMetrics(reg prometheus.Registerer, layouts *actors.LayoutSet, conns *connLimiter) *metrics {
 	l := []string{"layout"}
 	m := &metrics{
 		chats: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "troupe_chats_total",
-			Help: "Chats by layout and outcome (completed, failed, rejected, cancelled, aborted, timed_out).",
+			Help: "Chats by layout and outcome (completed, failed, rejected, cancelled, aborted, timed_out, cut).",
 		}, []string{"layout", "outcome"}),
 		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "troupe_chat_bad_requests_total",
@@ -109,12 +113,50 @@ func newMetrics(reg prometheus.Registerer, layouts *actors.LayoutSet) *metrics {
 			Help:    "Time from sending a chat to another node until its generation began there (the hop both ways plus its queue).",
 			Buckets: latencyBuckets,
 		}),
+		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_limit_hits_total",
+			Help: "Requests, answers and connections a limit stopped, by limit (body, history_messages, history_bytes, answer, chat_timeout, header_size, header_timeout, body_timeout, idle_timeout, connections).",
+		}, []string{"limit"}),
+		reclaimed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "troupe_http_connections_reclaimed_total",
+			Help: "Connections closed at MAX_CONNECTIONS to make room for a new one: the one that had waited longest without a request being served.",
+		}),
+		connections: &connCollector{
+			conns: conns,
+			open: prometheus.NewDesc("troupe_http_connections",
+				"HTTP connections open now, streams taken over from net/http included, by state: serving a request, or waiting (idle, or a request arriving).",
+				[]string{"state"}, nil),
+			limit: prometheus.NewDesc("troupe_http_connections_limit",
+				"The most HTTP connections open at once (MAX_CONNECTIONS).", nil, nil),
+		},
+	}
+	for _, limit := range limitNames {
+		m.limitHits.WithLabelValues(limit)
 	}
 	if reg != nil {
 		reg.MustRegister(m.chats, m.badRequests, m.queueWait, m.firstChunk, m.chunkGap, m.duration,
-			m.outputChars, m.outputSpeed, m.tokens, m.layoutLoads, m.registration, m.regAttempts, m.sent, m.reroutes, m.dispatch)
+			m.outputChars, m.outputSpeed, m.tokens, m.layoutLoads, m.registration, m.regAttempts, m.sent, m.reroutes, m.dispatch,
+			m.limitHits, m.reclaimed, m.connections)
 	}
 	return m
+}
+
+// connCollector reads the HTTP connections at scrape time.
+type connCollector struct {
+	conns       *connLimiter
+	open, limit *prometheus.Desc
+}
+
+func (c *connCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.open
+	ch <- c.limit
+}
+
+func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
+	serving, waiting := c.conns.counts()
+	ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(serving), "serving")
+	ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(waiting), "waiting")
+	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(c.conns.max))
 }
 
 // layoutCollector reads each layout's load and health at scrape time.

@@ -139,13 +139,17 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, _
 		s.unauthorized(w)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxInputBytes))
+	conn := connOf(r)
+	conn.receiving()
+	limits := s.cfg.Limits
+	if r.ContentLength > limits.MaxBodyBytes {
+		s.overLimitOpenAI(w, limits.tooLarge())
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limits.MaxBodyBytes))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			s.metrics.badRequests.WithLabelValues("too_large").Inc()
-			openaiError(w, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("The request is too large: at most %d bytes are accepted.", s.cfg.MaxInputBytes), "", "")
+		if le := limits.bodyError(err); le != nil {
+			s.overLimitOpenAI(w, le)
 			return
 		}
 		s.metrics.badRequests.WithLabelValues("body").Inc()
@@ -165,13 +169,17 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, _
 		openaiError(w, http.StatusNotFound, fmt.Sprintf("The model %q does not exist here (GET /v1/models lists them).", req.Layout), "model", "model_not_found")
 		return
 	}
+	if le := limits.checkHistory(req.History); le != nil {
+		s.overLimitOpenAI(w, le)
+		return
+	}
 	req.ChatId = s.newChatID()
 	var key string
 	if cr.User != "" {
 		key = "user\x00" + cr.User
 	}
 	out := &openaiAnswer{
-		answerState: answerState{chatID: req.ChatId},
+		answerState: answerState{chatID: req.ChatId, room: answerRoom{left: limits.MaxAnswerBytes, limit: limits.MaxAnswerBytes}},
 		w:           w,
 		flusher:     flusherOf(w),
 		stream:      cr.Stream,
@@ -180,7 +188,28 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, _
 		id:          "chatcmpl-" + req.ChatId,
 		created:     time.Now().Unix(),
 	}
+	conn.serveChat(s.cfg.ChatTimeout)
+	defer conn.rest()
 	s.serveChat(r, req, key, "", out)
+}
+
+// overLimit refuses a request over a limit in OpenAI's form, with a code
+// a program can act on.
+func (s *Server) overLimitOpenAI(w http.ResponseWriter, le *limitError) {
+	s.countOverLimit(le)
+	param, code := "", ""
+	switch le.limit {
+	case limitBody:
+		code = "request_too_large"
+	case limitBodyTimeout:
+		code = "request_timeout"
+		w.Header().Set("Connection", "close")
+	case limitHistoryMessages:
+		param, code = "messages", "too_many_messages"
+	case limitHistoryBytes:
+		param, code = "messages", "history_too_long"
+	}
+	openaiError(w, le.status, le.msg, param, code)
 }
 
 // openaiAnswer writes a chat's answer as OpenAI does: a stream of
@@ -245,6 +274,9 @@ func appendJSONString(b []byte, s string) []byte {
 }
 
 func (a *openaiAnswer) text(s string) {
+	if s = a.room.fit(s); s == "" && a.room.cut {
+		return
+	}
 	a.runes += utf8.RuneCountInString(s)
 	if !a.stream {
 		a.markStarted()
@@ -256,6 +288,9 @@ func (a *openaiAnswer) text(s string) {
 }
 
 func (a *openaiAnswer) toolCalls(delta string) {
+	if !a.room.fitWhole(delta) {
+		return
+	}
 	if !a.stream {
 		a.markStarted()
 		a.calls.add(delta)
@@ -347,6 +382,10 @@ func (a *openaiAnswer) abort() {
 	a.event("{}", "stop")
 	_, _ = io.WriteString(a.w, "data: [DONE]\n\n")
 }
+
+// cut ends an answer that reached its limit as OpenAI ends one that
+// reached max_tokens.
+func (a *openaiAnswer) cut() { a.end(&actors.End{FinishReason: "length"}) }
 
 func (a *openaiAnswer) fail(status int, reason string) {
 	msg := capitalize(reason) + "."

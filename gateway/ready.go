@@ -73,6 +73,11 @@ type MemberLayoutStatus struct {
 	Queued     int    `json:"queued"`
 	QueueLimit int    `json:"queue_limit"`
 	Healthy    bool   `json:"healthy"`
+	// Breaker is the layout's circuit breaker there (closed, open,
+	// half-open, probing); BreakerUntil, while open, when it lets a probe
+	// through.
+	Breaker      string    `json:"breaker,omitempty"`
+	BreakerUntil time.Time `json:"breaker_until,omitzero"`
 }
 
 // statusState is the gateway's part for status, readiness and drain.
@@ -142,6 +147,9 @@ func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request, _ httproute
 		http.Error(w, "drain is only taken from this host (troupe drain)", http.StatusForbidden)
 		return
 	}
+	// The drain takes as long as the chats in flight: the time limit of
+	// the request's arrival, which would end its context, must not.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	s.status.draining.Store(true)
 	s.status.drainMu.Lock()
 	defer s.status.drainMu.Unlock()

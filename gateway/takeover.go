@@ -197,6 +197,8 @@ func (t *takeoverWriter) finish(complete bool) {
 		t.conn.Close()
 		return
 	}
+	// net/http sets no write deadline of its own: the chat's goes.
+	_ = t.conn.SetWriteDeadline(time.Time{})
 	var conn net.Conn = t.conn
 	if len(t.next) > 0 {
 		conn = &readAhead{Conn: conn, next: t.next}

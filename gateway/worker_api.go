@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -23,12 +22,17 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, ps httproute
 		http.NotFound(w, r)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxInputBytes)
+	conn := connOf(r)
+	conn.receiving()
+	limits := s.cfg.Limits
+	if r.ContentLength > limits.MaxBodyBytes {
+		s.overLimit(w, limits.tooLarge())
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limits.MaxBodyBytes)
 	if err := parseForm(r); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			s.badRequest(w, http.StatusRequestEntityTooLarge, "too_large",
-				fmt.Sprintf("The chat is too long: at most %d bytes are accepted.", s.cfg.MaxInputBytes))
+		if le := limits.bodyError(err); le != nil {
+			s.overLimit(w, le)
 			return
 		}
 		s.badRequest(w, http.StatusBadRequest, "form", "The request is not a valid form: "+err.Error())
@@ -49,11 +53,36 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, ps httproute
 		s.badRequest(w, http.StatusBadRequest, "modelfile", capitalize(err.Error())+".")
 		return
 	}
+	if le := limits.checkHistory(req.History); le != nil {
+		s.overLimit(w, le)
+		return
+	}
 	var key string
 	if hid, uid := r.PostForm.Get("history_id"), r.PostForm.Get("user_id"); hid != "" || uid != "" {
 		key = hid + "\x00" + uid
 	}
-	s.serveChat(r, req, key, slot, newTextAnswer(w, r, req.ChatId))
+	conn.serveChat(s.cfg.ChatTimeout)
+	defer conn.rest()
+	s.serveChat(r, req, key, slot, newTextAnswer(w, r, req.ChatId, limits.MaxAnswerBytes))
+}
+
+// overLimit refuses a request over a limit in the Agent's API: the status,
+// and a sentence for the chat window.
+func (s *Server) overLimit(w http.ResponseWriter, le *limitError) {
+	s.countOverLimit(le)
+	if le.status == http.StatusRequestTimeout {
+		w.Header().Set("Connection", "close")
+	}
+	http.Error(w, le.msg, le.status)
+}
+
+// countOverLimit counts a request refused by a limit. A body that came too
+// slowly was counted by its connection, which saw the read time out.
+func (s *Server) countOverLimit(le *limitError) {
+	s.metrics.badRequests.WithLabelValues(le.limit).Inc()
+	if le.limit != limitBodyTimeout {
+		s.limited(le.limit)
+	}
 }
 
 func parseForm(r *http.Request) error {

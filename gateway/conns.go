@@ -1,0 +1,446 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// HTTPServer returns the http.Server that serves the gateway with its
+// limits: how long a request's head and whole request may take to arrive,
+// how long a kept-alive connection may wait, how large a head may be. Serve
+// it on Listen's listener, which counts and bounds its connections.
+func (s *Server) HTTPServer() *http.Server {
+	l := s.cfg.Limits
+	return &http.Server{
+		Handler:           s.router,
+		ReadHeaderTimeout: l.HeaderTimeout,
+		// The whole request, including a body net/http reads and drops
+		// after a handler that did not: a chat lifts it once it has its
+		// body, so that its answer can stream for longer.
+		ReadTimeout:    l.BodyTimeout,
+		IdleTimeout:    l.IdleTimeout,
+		MaxHeaderBytes: l.MaxHeaderBytes,
+		ConnState:      s.conns.connState,
+		ConnContext:    connContext,
+	}
+}
+
+// Listen wraps ln so that the gateway counts and bounds the connections it
+// accepts (see Limits.MaxConnections).
+func (s *Server) Listen(ln net.Listener) net.Listener {
+	return &limitListener{Listener: ln, conns: s.conns}
+}
+
+// connLimiter counts the gateway's connections, from accept to close,
+// whether net/http serves them or the gateway took them over to stream, and
+// keeps those that wait (for a request, or for the rest of one) in the
+// order they started waiting, so that at the limit the one that has waited
+// longest makes room. A client that holds connections without using them,
+// sending nothing or a byte at a time, cannot shut out the others: its
+// connections are the first to go.
+type connLimiter struct {
+	max     int
+	metrics *metrics
+
+	mu      sync.Mutex
+	open    int
+	waiting connList
+}
+
+// trackedConn is one of the gateway's connections.
+type trackedConn struct {
+	net.Conn
+	l *connLimiter
+
+	// Under l.mu:
+	prev, next *trackedConn
+	listed     bool // in l.waiting
+	serving    int  // handlers serving a request on it
+	hijacked   bool // taken over by the gateway, until served again
+	writeBound bool // a chat set a write deadline
+	closed     bool
+
+	// What the connection is waiting for, so that a read that times out
+	// is counted against the right limit.
+	phase atomic.Int32
+	// The read deadline last set, in Unix nanoseconds; 0 for none.
+	deadline atomic.Int64
+}
+
+// A connection's phases.
+const (
+	phaseFresh    int32 = iota // accepted, no byte of a request yet
+	phaseIdle                  // kept alive after a request, no byte of the next
+	phaseHead                  // a request's head is arriving
+	phaseBody                  // its handler reads (or net/http drops) its body
+	phaseServing               // a handler serves a request, or a chat streams
+	phaseTimedOut              // a read timed out; counted once
+)
+
+// abortDeadline is how net/http (and watchByReading) interrupt a read on
+// purpose: a deadline long past. A read that times out with it hit no limit.
+var abortDeadline = time.Unix(1, 0).UnixNano()
+
+type connKey struct{}
+
+// connContext puts a request's connection in its context, for the handlers
+// to mark it serving.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if tc := trackedOf(c); tc != nil {
+		return context.WithValue(ctx, connKey{}, tc)
+	}
+	return ctx
+}
+
+// connOf returns the connection r came in on, or nil when the gateway's
+// handler is served by a server other than HTTPServer's.
+func connOf(r *http.Request) *trackedConn {
+	c, _ := r.Context().Value(connKey{}).(*trackedConn)
+	return c
+}
+
+// trackedOf finds the tracked connection in what net/http serves: itself,
+// or one handed back after a stream with bytes read ahead.
+func trackedOf(c net.Conn) *trackedConn {
+	switch c := c.(type) {
+	case *trackedConn:
+		return c
+	case *readAhead:
+		return trackedOf(c.Conn)
+	}
+	return nil
+}
+
+// limitListener accepts connections up to the limit (see connLimiter).
+type limitListener struct {
+	net.Listener
+	conns *connLimiter
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if tc := l.conns.admit(c); tc != nil {
+			return tc, nil
+		}
+		l.conns.metrics.limitHits.WithLabelValues(limitConnections).Inc()
+		refuse(c)
+	}
+}
+
+// refusal is the whole answer to a connection over the limit, written
+// before its request is read: a status a client can show (the Agent shows
+// the body in the chat) rather than a reset it would have to guess about.
+var refusal = func() []byte {
+	const msg = "This node has too many connections open; please try again shortly.\n"
+	return []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+		"Connection: close\r\nRetry-After: 1\r\nContent-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg)
+}()
+
+// refuse answers a connection over the limit and closes it, on the accept
+// loop's goroutine: a few bytes into a fresh socket's empty buffer never
+// wait. What the client already sent is read first, as a close with unread
+// bytes resets the connection, which may lose the answer on its way.
+func refuse(c net.Conn) {
+	_, _ = c.Write(refusal)
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	discardReceived(c)
+	_ = c.Close()
+}
+
+// admit counts a new connection, making room at the limit by closing the
+// connection that has waited longest; it returns nil when every
+// connection is serving a request.
+func (l *connLimiter) admit(c net.Conn) *trackedConn {
+	l.mu.Lock()
+	if l.open >= l.max {
+		victim := l.waiting.front()
+		if victim == nil {
+			l.mu.Unlock()
+			return nil
+		}
+		l.waiting.remove(victim)
+		l.mu.Unlock()
+		// A victim whose request head ended just now may be starting its
+		// handler: that request fails as if its client had gone. It has
+		// waited longer than any other, so under pressure that is rare.
+		_ = victim.Close()
+		l.metrics.reclaimed.Inc()
+		l.mu.Lock()
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.open++
+	l.waiting.pushBack(tc)
+	l.mu.Unlock()
+	return tc
+}
+
+// connState follows net/http's view of each connection.
+func (l *connLimiter) connState(c net.Conn, state http.ConnState) {
+	tc := trackedOf(c)
+	if tc == nil {
+		return
+	}
+	switch state {
+	case http.StateNew:
+		// A connection handed back after a stream is served again.
+		l.mu.Lock()
+		if tc.hijacked {
+			tc.hijacked = false
+			tc.phase.Store(phaseIdle)
+			l.wait(tc)
+		}
+		l.mu.Unlock()
+	case http.StateIdle:
+		tc.phase.Store(phaseIdle)
+		l.mu.Lock()
+		l.wait(tc)
+		l.mu.Unlock()
+	case http.StateHijacked:
+		l.mu.Lock()
+		tc.hijacked = true
+		l.waiting.remove(tc)
+		l.mu.Unlock()
+	}
+}
+
+// wait puts a connection that serves nothing at the back of the waiting
+// line; l.mu is held.
+func (l *connLimiter) wait(tc *trackedConn) {
+	if tc.closed || tc.serving > 0 || tc.hijacked {
+		return
+	}
+	l.waiting.remove(tc)
+	l.waiting.pushBack(tc)
+}
+
+// counts returns the connections serving a request and those waiting.
+func (l *connLimiter) counts() (serving, waiting int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open - l.waiting.n, l.waiting.n
+}
+
+// receiving says that a chat handler reads its request's body: a read
+// that times out now hit the body's time limit.
+func (c *trackedConn) receiving() {
+	if c != nil {
+		c.phase.Store(phaseBody)
+	}
+}
+
+// serve marks the connection serving a request, which no new connection
+// may take its place from, until rest.
+func (c *trackedConn) serve() {
+	if c != nil {
+		c.mark(false)
+	}
+}
+
+func (c *trackedConn) mark(writeBound bool) {
+	c.phase.Store(phaseServing)
+	c.l.mu.Lock()
+	c.serving++
+	c.writeBound = c.writeBound || writeBound
+	c.l.waiting.remove(c)
+	c.l.mu.Unlock()
+}
+
+// writeGrace is how long past its chat's time limit a write to a client
+// may block: long enough for the note that says the time is up.
+var writeGrace = 5 * time.Second
+
+// serveChat marks the connection serving a chat whose request it has read,
+// until rest. The time limit of the request's arrival no longer holds, as
+// the answer streams for longer; instead no write may block past the
+// chat's own limit, so that a client that stops reading holds its
+// connection no longer than its chat would have run.
+func (c *trackedConn) serveChat(chatTimeout time.Duration) {
+	if c == nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	_ = c.SetWriteDeadline(time.Now().Add(chatTimeout + writeGrace))
+	c.mark(true)
+}
+
+// rest ends a serve. net/http may still read and drop the rest of the
+// request's body before the connection is idle. A chat's write deadline
+// goes, as net/http sets none of its own: a chat taken over keeps it until
+// the connection is handed back (see takeoverWriter.finish).
+func (c *trackedConn) rest() {
+	if c == nil {
+		return
+	}
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	c.serving--
+	if c.serving == 0 && !c.hijacked {
+		if c.writeBound {
+			c.writeBound = false
+			_ = c.SetWriteDeadline(time.Time{})
+		}
+		c.phase.Store(phaseBody)
+		c.l.wait(c)
+	}
+}
+
+// Read counts a read that timed out against the limit of what the
+// connection was waiting for, and marks the start of a request.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if ph := c.phase.Load(); ph == phaseFresh || ph == phaseIdle {
+			c.requestBegins(ph)
+		}
+	}
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.deadline.Load() > abortDeadline {
+		c.timedOut()
+	}
+	return n, err
+}
+
+// requestBegins moves a connection on which a request starts to arrive to
+// the back of the waiting line: it is the freshest, not the stalest.
+func (c *trackedConn) requestBegins(from int32) {
+	if !c.phase.CompareAndSwap(from, phaseHead) {
+		return
+	}
+	c.l.mu.Lock()
+	if c.listed {
+		c.l.waiting.remove(c)
+		c.l.waiting.pushBack(c)
+	}
+	c.l.mu.Unlock()
+}
+
+func (c *trackedConn) timedOut() {
+	var limit string
+	ph := c.phase.Load()
+	switch ph {
+	case phaseFresh, phaseHead:
+		limit = limitHeaderTimeout
+	case phaseIdle:
+		limit = limitIdleTimeout
+	case phaseBody:
+		limit = limitBodyTimeout
+	default:
+		return
+	}
+	if c.phase.CompareAndSwap(ph, phaseTimedOut) {
+		c.l.metrics.limitHits.WithLabelValues(limit).Inc()
+	}
+}
+
+// status431 is how net/http answers a head over MaxHeaderBytes, which it
+// writes to the connection itself.
+var status431 = []byte("HTTP/1.1 431 ")
+
+// Write counts net/http's refusal of a head too large.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if c.phase.Load() == phaseHead && bytes.HasPrefix(p, status431) {
+		c.l.metrics.limitHits.WithLabelValues(limitHeaderSize).Inc()
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	c.noteDeadline(t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	c.noteDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *trackedConn) noteDeadline(t time.Time) {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	c.deadline.Store(ns)
+}
+
+// Close closes the connection and gives its place back, once.
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.l.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		c.l.open--
+		c.l.waiting.remove(c)
+	}
+	c.l.mu.Unlock()
+	return err
+}
+
+// CloseWrite and SyscallConn pass through what net/http and the hang-up
+// watcher look for on a TCP connection.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *trackedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
+}
+
+var _ syscall.Conn = (*trackedConn)(nil)
+
+// connList is a list of connections threaded through them: a connection
+// joins and leaves it without an allocation.
+type connList struct {
+	head, tail *trackedConn
+	n          int
+}
+
+func (l *connList) front() *trackedConn { return l.head }
+
+func (l *connList) pushBack(c *trackedConn) {
+	c.prev, c.next, c.listed = l.tail, nil, true
+	if l.tail != nil {
+		l.tail.next = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+	l.n++
+}
+
+func (l *connList) remove(c *trackedConn) {
+	if !c.listed {
+		return
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		l.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		l.tail = c.prev
+	}
+	c.prev, c.next, c.listed = nil, nil, false
+	l.n--
+}
