@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -351,18 +352,84 @@ func TestBadInputThroughTheBinary(t *testing.T) {
 
 // With no settings at all, a node serves the built-in example layout on
 // the default port and keeps running without an Agent.
+// TestRunsWithNoSettings starts a node with nothing set but an Agent that
+// is not there and checks that it serves on the default port. As root it
+// runs the node in a network namespace of its own, so the defaults are free
+// even while a developer's `make run` holds them on the host.
 func TestRunsWithNoSettings(t *testing.T) {
-	p := startProcess(t, map[string]string{"AGENT_ENDPOINT": "http://127.0.0.1:1/v1.0/"})
+	env := map[string]string{"AGENT_ENDPOINT": "http://127.0.0.1:1/v1.0/"}
+	var p *process
+	client := http.DefaultClient
+	if ns, ok := privateNamespace(t); ok {
+		transport := &http.Transport{DialContext: dialIn(ns)}
+		defer transport.CloseIdleConnections()
+		client = &http.Client{Transport: transport, Timeout: 30 * time.Second}
+		node := binary
+		binary = "ip"
+		p = startProcess(t, env, "netns", "exec", ns, node)
+		binary = node
+	} else {
+		requireDefaultPortFree(t)
+		p = startProcess(t, env)
+	}
 	if defaultPort := app.DefaultConfig().Port; p.addr != fmt.Sprintf("127.0.0.1:%d", defaultPort) {
 		t.Fatalf("listening on %s, want the default port %d on loopback", p.addr, defaultPort)
 	}
-	code, body := p.post(t, "/v1/completion", url.Values{"input": {userInput("简体中文")}})
-	if code != 200 || body != "簡體中文" {
-		t.Fatalf("chat: %d %q", code, body)
+	resp, err := client.PostForm(p.url("/v1/completion"), url.Values{"input": {userInput("简体中文")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(body) != "簡體中文" {
+		t.Fatalf("chat: %d %q %v", resp.StatusCode, body, err)
 	}
 	if code := p.stop(syscall.SIGINT); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
+}
+
+// privateNamespace makes a network namespace with only loopback, up, for
+// one test; ok is false where that needs rights the test does not have.
+func privateNamespace(t *testing.T) (ns string, ok bool) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return "", false
+	}
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		t.Fatal("the test needs the ip command: install the Debian package iproute2")
+	}
+	ns = fmt.Sprintf("troupe%d-%s", os.Getpid(), strings.ToLower(t.Name()))
+	if out, err := exec.Command(ip, "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("creating network namespace %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(ip, "netns", "delete", ns).CombinedOutput(); err != nil {
+			t.Errorf("deleting network namespace %s: %v: %s", ns, err, out)
+		}
+	})
+	if out, err := exec.Command(ip, "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("bringing up loopback in %s: %v: %s", ns, err, out)
+	}
+	return ns, true
+}
+
+// requireDefaultPortFree skips when the default HTTP port is taken on the
+// host (a developer's `make run`, say) and the test cannot have a namespace
+// of its own; in CI, which runs as root, it never gets here.
+func requireDefaultPortFree(t *testing.T) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", app.DefaultConfig().Port)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		why := fmt.Sprintf("the default port %s is taken (is make run up?), and only root can give the node a network namespace of its own", addr)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(why)
+		}
+		t.Skip(why)
+	}
+	l.Close()
 }
 
 func TestLayoutErrorStopsStartup(t *testing.T) {
