@@ -36,6 +36,9 @@ type Config struct {
 	RemotePort int
 	Join       string
 	ClusterKey string
+	TLSCert    string
+	TLSKey     string
+	TLSCA      string
 
 	APIKeys     string
 	APIKeysFile string
@@ -91,7 +94,10 @@ func settings(c *Config) []setting {
 		{"gossip-port", "GOSSIP_PORT", "7946; a free port when 7946 is taken", "the cluster membership (memberlist) port, TCP and UDP; 0 picks a free one", (*intValue)(&c.GossipPort)},
 		{"remote-port", "REMOTE_PORT", "7947; a free port when 7947 is taken", "the port chats and chunks travel between nodes on (gRPC); 0 picks a free one", (*intValue)(&c.RemotePort)},
 		{"join", "JOIN", "none", "comma-separated gossip addresses of members to join (host or host:port); a DNS name stands for all its addresses", (*stringValue)(&c.Join)},
-		{"cluster-key", "CLUSTER_KEY", "none", "encrypts gossip: base64 of a 16, 24 or 32 byte key, or a passphrase of 12+ characters", (*stringValue)(&c.ClusterKey)},
+		{"cluster-key", "CLUSTER_KEY", "none: gossip and the node-to-node link are open", "encrypts gossip and locks the node-to-node link (mutual TLS from a CA derived from the key): base64 of a 16, 24 or 32 byte key, or a passphrase of 12+ characters", (*stringValue)(&c.ClusterKey)},
+		{"tls-cert", "TLS_CERT", "none", "this node's certificate (PEM) for the node-to-node link, with TLS_KEY and TLS_CA: used instead of the CA derived from CLUSTER_KEY", (*stringValue)(&c.TLSCert)},
+		{"tls-key", "TLS_KEY", "none", "the private key (PEM) of TLS_CERT", (*stringValue)(&c.TLSKey)},
+		{"tls-ca", "TLS_CA", "none", "the CA certificate (PEM) every node's certificate must be signed by", (*stringValue)(&c.TLSCA)},
 		{"api-keys", "API_KEYS", "none: the API is open", "comma-separated Bearer keys the OpenAI-compatible API requires", (*stringValue)(&c.APIKeys)},
 		{"api-keys-file", "API_KEYS_FILE", "none", "a file of Bearer keys for the OpenAI-compatible API, one a line (# starts a comment); a file does not show in ps", (*stringValue)(&c.APIKeysFile)},
 	}
@@ -199,7 +205,24 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if strings.TrimSpace(c.LLMName) == "" {
 		return c, fmt.Errorf("LLM name is empty")
 	}
+	if err := c.checkTLSFiles(); err != nil {
+		return c, err
+	}
 	return c, nil
+}
+
+// checkTLSFiles wants the three TLS files together or none of them.
+func (c Config) checkTLSFiles() error {
+	var missing []string
+	for _, f := range []struct{ env, path string }{{"TLS_CERT", c.TLSCert}, {"TLS_KEY", c.TLSKey}, {"TLS_CA", c.TLSCA}} {
+		if f.path == "" {
+			missing = append(missing, f.env)
+		}
+	}
+	if len(missing) == 0 || len(missing) == 3 {
+		return nil
+	}
+	return fmt.Errorf("TLS_CERT, TLS_KEY and TLS_CA go together, all three or none: %s not set", strings.Join(missing, " and "))
 }
 
 // apiKeys reads the OpenAI API's keys from the setting and the file.

@@ -51,3 +51,32 @@ func TestAPIKeysSettings(t *testing.T) {
 		})
 	}
 }
+
+// The three TLS files go together: one or two of them stop the node,
+// naming the missing ones.
+func TestTLSFilesGoTogether(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+	}{
+		{"none", nil, ""},
+		{"all", map[string]string{"TLS_CERT": "c", "TLS_KEY": "k", "TLS_CA": "ca"}, ""},
+		{"cert only", map[string]string{"TLS_CERT": "c"}, "TLS_KEY and TLS_CA not set"},
+		{"no CA", map[string]string{"TLS_CERT": "c", "TLS_KEY": "k"}, "TLS_CA not set"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig(nil, func(k string) string { return tt.env[k] }, io.Discard)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err %v, want one saying %q", err, tt.wantErr)
+			}
+		})
+	}
+}

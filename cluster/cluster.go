@@ -52,6 +52,7 @@ type Cluster struct {
 	queue   *memberlist.TransmitLimitedQueue
 	logger  *slog.Logger
 	metrics *metrics
+	guard   *guard
 	layouts *actors.LayoutSet // served by this node
 	meta    atomic.Pointer[[]byte]
 	host    *host
@@ -138,7 +139,12 @@ func New(cfg Config, system *actor.ActorSystem) (*Cluster, error) {
 	if err := checkFree(cfg.BindAddress, cfg.RemotePort); err != nil {
 		return nil, fmt.Errorf("remote port: %w", err)
 	}
-	rcfg := remote.Configure(cfg.BindAddress, cfg.RemotePort, remote.WithAdvertisedHost(c.remoteAddress()))
+	c.guard = newGuard(c.logger, cfg.Registerer)
+	opts, err := c.remoteOptions()
+	if err != nil {
+		return nil, err
+	}
+	rcfg := remote.Configure(cfg.BindAddress, cfg.RemotePort, append(opts, remote.WithAdvertisedHost(c.remoteAddress()))...)
 	// A dead peer's address is retried once, not five times two seconds
 	// apart, so a chat sent to it is re-routed in about two seconds.
 	rcfg.MaxRetryCount = 1

@@ -46,8 +46,13 @@ type Config struct {
 	// until others join it.
 	Join []string
 	// Key turns on gossip encryption: 16, 24 or 32 bytes (AES-128/192/256).
-	// Use ParseKey for a user's CLUSTER_KEY.
+	// Use ParseKey for a user's CLUSTER_KEY. It also locks the remote link
+	// with mutual TLS, unless TLS is given.
 	Key []byte
+	// TLS, when given, locks the remote link with an operator's
+	// certificates instead of the CA derived from Key (which still
+	// encrypts gossip). With neither, the link is open.
+	TLS TLSFiles
 	// LoadInterval is how often a node's load is gossiped when it changed
 	// (and every 10 intervals when it did not); default 100ms.
 	LoadInterval time.Duration
@@ -139,7 +144,7 @@ func (c *Config) withDefaults() error {
 	if n := len(c.Key); n != 0 && n != 16 && n != 24 && n != 32 {
 		return fmt.Errorf("%w: %d bytes, want 16, 24 or 32", ErrBadKey, n)
 	}
-	return nil
+	return c.TLS.check()
 }
 
 // choosePort returns the port to use for one listener: port itself when it

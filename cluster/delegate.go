@@ -27,12 +27,15 @@ func (d *delegate) c() *Cluster { return (*Cluster)(d) }
 func (d *delegate) NodeMeta(limit int) []byte { return *d.meta.Load() }
 
 // NotifyMsg implements memberlist.Delegate: a load report from a member.
+// What cannot be read is dropped and counted.
 func (d *delegate) NotifyMsg(b []byte) {
 	if len(b) < 1 || b[0] != msgLoad {
+		d.guard.gossipMalformed("message", fmt.Errorf("%d bytes, not a load report", len(b)))
 		return
 	}
 	var load actors.NodeLoad
-	if proto.Unmarshal(b[1:], &load) != nil {
+	if err := proto.Unmarshal(b[1:], &load); err != nil {
+		d.guard.gossipMalformed("message", err)
 		return
 	}
 	d.c().applyLoad(&load)
@@ -54,12 +57,15 @@ func (d *delegate) LocalState(join bool) []byte {
 	return b
 }
 
-// MergeRemoteState implements memberlist.Delegate.
+// MergeRemoteState implements memberlist.Delegate: a member's load, as
+// LocalState gave it.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	var load actors.NodeLoad
-	if proto.Unmarshal(buf, &load) == nil {
-		d.c().applyLoad(&load)
+	if err := proto.Unmarshal(buf, &load); err != nil {
+		d.guard.gossipMalformed("state", err)
+		return
 	}
+	d.c().applyLoad(&load)
 }
 
 // NotifyAlive implements memberlist.AliveDelegate: a node speaking another
@@ -86,7 +92,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	if n.Name == c.cfg.NodeName {
 		return
 	}
-	meta, err := decodeMeta(n)
+	meta, err := c.decodeMeta(n)
 	if err != nil {
 		return
 	}
@@ -145,7 +151,7 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 // NotifyUpdate implements memberlist.EventDelegate.
 func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 	c := d.c()
-	meta, err := decodeMeta(n)
+	meta, err := c.decodeMeta(n)
 	if err != nil {
 		return
 	}
@@ -160,7 +166,7 @@ func (c *Cluster) admit(peer *memberlist.Node) error {
 	if peer.Name == c.cfg.NodeName {
 		return nil
 	}
-	meta, err := decodeMeta(peer)
+	meta, err := c.decodeMeta(peer)
 	if err == nil && meta.GetProtocolVersion() == actors.ProtocolVersion {
 		return nil
 	}
@@ -178,15 +184,20 @@ func (c *Cluster) admit(peer *memberlist.Node) error {
 	return err
 }
 
-func decodeMeta(n *memberlist.Node) (*actors.NodeMeta, error) {
+// decodeMeta reads a member's metadata; what cannot be read is counted.
+func (c *Cluster) decodeMeta(n *memberlist.Node) (*actors.NodeMeta, error) {
 	var meta actors.NodeMeta
-	if len(n.Meta) == 0 {
-		return nil, fmt.Errorf("node %s has no Troupe metadata: not a Troupe node", n.Name)
+	err := proto.Unmarshal(n.Meta, &meta)
+	switch {
+	case len(n.Meta) == 0:
+		err = fmt.Errorf("node %s has no Troupe metadata: not a Troupe node", n.Name)
+	case err != nil:
+		err = fmt.Errorf("node %s: unreadable metadata: %w", n.Name, err)
+	default:
+		return &meta, nil
 	}
-	if err := proto.Unmarshal(n.Meta, &meta); err != nil {
-		return nil, fmt.Errorf("node %s: unreadable metadata: %w", n.Name, err)
-	}
-	return &meta, nil
+	c.guard.gossipMalformed("meta", err)
+	return nil, err
 }
 
 // applyLoad records a member's load report, broadcast to everybody,

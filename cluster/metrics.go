@@ -60,3 +60,49 @@ func (mc *membersCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(mc.desc, prometheus.GaugeValue, float64(n), state)
 	}
 }
+
+// guardMetrics count what the guard turned away: they exist from New on,
+// before the remote listens, so they are built apart from the others,
+// which need a started cluster.
+type guardMetrics struct {
+	refused *prometheus.CounterVec
+	dropped *prometheus.CounterVec
+	panics  prometheus.Counter
+	gossip  *prometheus.CounterVec
+}
+
+func newGuardMetrics(reg prometheus.Registerer) *guardMetrics {
+	m := &guardMetrics{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_remote_refused_total",
+			Help: "Connections to the remote port refused at the TLS handshake, by reason (no_certificate, bad_certificate, not_tls, incomplete, handshake).",
+		}, []string{"reason"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_remote_dropped_total",
+			Help: "Messages from the remote link dropped before protoactor saw them, by reason (unknown_type, undecodable, malformed, serializer, unary_call).",
+		}, []string{"reason"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "troupe_remote_panics_total",
+			Help: "Panics recovered in the remote link's stream handler; each ended only its own stream.",
+		}),
+		gossip: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "troupe_gossip_malformed_total",
+			Help: "Gossip from members that could not be read and was dropped, by part (message, state, meta).",
+		}, []string{"part"}),
+	}
+	// Every reason shows from the start, at 0, so that an alert on a rise
+	// has a series to compare with.
+	for _, r := range refusalReasons {
+		m.refused.WithLabelValues(r)
+	}
+	for _, r := range dropReasons {
+		m.dropped.WithLabelValues(r)
+	}
+	for _, p := range gossipParts {
+		m.gossip.WithLabelValues(p)
+	}
+	if reg != nil {
+		reg.MustRegister(m.refused, m.dropped, m.panics, m.gossip)
+	}
+	return m
+}
