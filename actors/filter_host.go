@@ -40,6 +40,10 @@ type egressHost struct {
 	next    *actor.PID // the next egress filter, the pipeline, or nil for the chat's reply
 	am      *actorMetrics
 	streams map[string]*egressStream
+	// failed holds the chats this instance failed because their stream
+	// died with a previous one, until their End or Failure comes: what
+	// else comes for them is dropped, so each is failed once.
+	failed map[string]struct{}
 }
 
 // egressStream is one chat's stream state, and when its first text came in
@@ -90,6 +94,7 @@ func (h *egressHost) Receive(c actor.Context) {
 		s, ok := h.streams[msg.ChatId]
 		if !ok {
 			h.lost(c, msg.ChatId, msg.ReplyTo)
+			delete(h.failed, msg.ChatId)
 			return
 		}
 		delete(h.streams, msg.ChatId)
@@ -99,6 +104,10 @@ func (h *egressHost) Receive(c actor.Context) {
 		}
 		c.Send(h.to(msg.ReplyTo), msg)
 	case *Failure:
+		if _, failed := h.failed[msg.ChatId]; failed {
+			delete(h.failed, msg.ChatId)
+			return
+		}
 		delete(h.streams, msg.ChatId)
 		c.Send(h.to(msg.ReplyTo), msg)
 	}
@@ -118,5 +127,12 @@ func (h *egressHost) started(s *egressStream) {
 // with a previous instance, and going on would corrupt the output. The
 // Failure goes down the chain so later filters drop their state too.
 func (h *egressHost) lost(c actor.Context, chatID string, replyTo *actor.PID) {
+	if _, failed := h.failed[chatID]; failed {
+		return
+	}
+	if h.failed == nil {
+		h.failed = map[string]struct{}{}
+	}
+	h.failed[chatID] = struct{}{}
 	c.Send(h.to(replyTo), &Failure{ChatId: chatID, Code: Code_CODE_INTERNAL, Reason: "an output filter was restarted mid-answer", ReplyTo: replyTo})
 }
