@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -167,6 +166,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Layouts:     layouts,
 		Router:      router{node},
 		ChatTimeout: cfg.ChatTimeout,
+		Limits:      cfg.Limits,
 		APIKeys:     apiKeys,
 		Gatherer:    reg,
 		Registerer:  reg,
@@ -239,9 +239,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	gw.SetStatus(status)
 
-	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	srv := gw.HTTPServer()
+	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(gw.Listen(ln)) }()
 	fmt.Fprintf(stdout, "troupe %s: serving %s (%s) on http://%s%s\n", version(), quoteList(names), file.Name, ln.Addr(), cfg.Endpoint)
 	logger.Info("node started", "llm", strings.Join(names, ","), "layout", file.Name, "listen", ln.Addr().String(),
 		"endpoint", publicBase+cfg.Endpoint, "capacity", capacities(layouts),

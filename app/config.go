@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/troupe-llm/troupe/cluster"
+	"github.com/troupe-llm/troupe/gateway"
 )
 
 // config is every setting of a node. Each is a flag and an environment
@@ -28,6 +30,7 @@ type Config struct {
 	RetryCount    int
 	Debug         bool
 	ChatTimeout   time.Duration
+	Limits        gateway.Limits
 	DrainTimeout  time.Duration
 	AgentRefresh  time.Duration
 
@@ -88,6 +91,15 @@ func settings(c *Config) []setting {
 		{"debug", "DEBUG", "", "log at debug level, chat content included", (*boolValue)(&c.Debug)},
 		{"log-format", "LOG_FORMAT", "", "log lines as text (key=value) or json (one object a line)", (*stringValue)(&c.LogFormat)},
 		{"chat-timeout", "CHAT_TIMEOUT", "", "the longest a chat may run", (*durationValue)(&c.ChatTimeout)},
+		{"max-body-bytes", "MAX_BODY_BYTES", "", "the largest chat request body (form or JSON), in bytes or with KiB, MiB; larger ones are refused with 413", (*sizeValue)(&c.Limits.MaxBodyBytes)},
+		{"max-history-messages", "MAX_HISTORY_MESSAGES", "", "the most messages a chat's history may hold; more are refused with 413", (*countValue)(&c.Limits.MaxHistoryMessages)},
+		{"max-history-bytes", "MAX_HISTORY_BYTES", "", "the most text a chat's history may hold, all messages together; more is refused with 413", (*sizeValue)(&c.Limits.MaxHistoryBytes)},
+		{"max-answer-bytes", "MAX_ANSWER_BYTES", "", "the longest answer: one that reaches it is cut there (OpenAI's finish_reason length) and its generation stopped", (*sizeValue)(&c.Limits.MaxAnswerBytes)},
+		{"max-header-bytes", "MAX_HEADER_BYTES", "", "the largest request head (431 past it)", (*sizeValue)(&c.Limits.MaxHeaderBytes)},
+		{"max-connections", "MAX_CONNECTIONS", "", "the most HTTP connections open at once: at the limit the one waiting longest without a request served makes room for a new one, which is refused with 503 when all are serving", (*countValue)(&c.Limits.MaxConnections)},
+		{"header-timeout", "HEADER_TIMEOUT", "", "how long a request's head may take to arrive", (*durationValue)(&c.Limits.HeaderTimeout)},
+		{"body-timeout", "BODY_TIMEOUT", "", "how long a whole request, head and body, may take to arrive (408 after); answers are bounded by CHAT_TIMEOUT", (*durationValue)(&c.Limits.BodyTimeout)},
+		{"idle-timeout", "IDLE_TIMEOUT", "", "how long a kept-alive connection may wait for its next request", (*durationValue)(&c.Limits.IdleTimeout)},
 		{"drain-timeout", "DRAIN_TIMEOUT", "", "how long a drain (SIGTERM, or troupe drain) waits for the chats in flight", (*durationValue)(&c.DrainTimeout)},
 		{"agent-refresh", "AGENT_REFRESH", "", "how often registrations with the Agent are renewed (an Agent that restarted learns the node again)", (*durationValue)(&c.AgentRefresh)},
 		{"node-name", "NODE_NAME", "hostname-gossipport", "the node's name in the cluster", (*stringValue)(&c.NodeName)},
@@ -138,6 +150,7 @@ func DefaultConfig() Config {
 		Endpoint:      "/v1/completion",
 		RetryCount:    5,
 		ChatTimeout:   10 * time.Minute,
+		Limits:        gateway.DefaultLimits(),
 		DrainTimeout:  30 * time.Second,
 		AgentRefresh:  15 * time.Second,
 		GossipPort:    cluster.DefaultGossipPort,
@@ -319,6 +332,55 @@ func (v *boolValue) Set(s string) error {
 }
 func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
 func (v *boolValue) IsBoolFlag() bool { return true }
+
+// countValue is a whole number of at least 1.
+type countValue int
+
+func (v *countValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 1 {
+		return fmt.Errorf("want a whole number of at least 1")
+	}
+	*v = countValue(n)
+	return nil
+}
+func (v *countValue) String() string { return strconv.Itoa(int(*v)) }
+
+// sizeValue is a positive number of bytes, written plain or with a unit:
+// 65536, 64KiB, 8MiB, 1GiB.
+type sizeValue int64
+
+var sizeUnits = []struct {
+	suffix string
+	shift  uint
+}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"B", 0}, {"", 0}}
+
+func (v *sizeValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	for _, u := range sizeUnits {
+		num, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 1 || n > math.MaxInt64>>u.shift {
+			break
+		}
+		*v = sizeValue(n << u.shift)
+		return nil
+	}
+	return fmt.Errorf("want a size such as 65536, 64KiB or 8MiB")
+}
+
+func (v *sizeValue) String() string {
+	n := int64(*v)
+	for _, u := range sizeUnits[:3] {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
 
 type durationValue time.Duration
 
