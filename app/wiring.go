@@ -148,7 +148,8 @@ func (v clusterView) Members() []gateway.MemberStatus {
 			Remote: m.Remote, HTTPBase: m.HTTPBase, Heard: m.Heard}
 		for _, l := range m.Layouts {
 			out[i].Layouts = append(out[i].Layouts, gateway.MemberLayoutStatus{Name: l.Name, Capacity: l.Capacity,
-				Running: l.Running, Queued: l.Queued, QueueLimit: l.QueueLimit, Healthy: l.Healthy})
+				Running: l.Running, Queued: l.Queued, QueueLimit: l.QueueLimit, Healthy: l.Healthy,
+				Breaker: l.Breaker.Word(), BreakerUntil: l.BreakerUntil})
 		}
 	}
 	return out

@@ -51,6 +51,11 @@ type chat struct {
 	// When every node refused, the client is told to come back when the
 	// first of them expects room: it is routed to that one then.
 	retry retryAfter
+	// circuit collects the cool-downs left of the circuit breakers that
+	// refused the chat; opened counts the nodes in tried whose breaker
+	// refused it. A chat every node refused that way gets a 503.
+	circuit retryAfter
+	opened  int
 	// handedOff is set once the chat streams on a connection taken over
 	// from net/http: its answer is written by pumps from then on, and the
 	// handler's goroutine only returns.
@@ -76,6 +81,11 @@ type chat struct {
 	stopSilent    func() bool
 	sent          time.Time // when the chat went to another node; zero for this one
 	last          time.Time // the last chunk
+
+	// ticket is the local layout's breaker's pass for the attempt, told
+	// the verdict on the attempt when it ends.
+	ticket  actors.BreakerTicket
+	verdict actors.Verdict
 }
 
 // serveChat runs one chat and streams its answer. It is the chat's owner:
@@ -130,11 +140,19 @@ func (c *chat) run() {
 		target, err := s.cfg.Router.Route(req.Layout, c.key, c.tried)
 		if err != nil {
 			var w interface{ RetryAfter() time.Duration }
-			if errors.As(err, &w) {
+			if errors.As(err, &w) && errors.Is(err, actors.ErrCircuitOpen) {
+				c.circuit.note(w.RetryAfter())
+			} else if errors.As(err, &w) {
 				c.retry.note(w.RetryAfter())
 			}
 		}
 		switch {
+		case err != nil && !errors.Is(err, actors.ErrOverloaded) && len(c.tried) == c.opened &&
+			(c.opened > 0 || errors.Is(err, actors.ErrCircuitOpen)):
+			// Every node that serves it took it out of rotation.
+			s.reject(c.out, req.Layout, http.StatusServiceUnavailable,
+				fmt.Sprintf("%s keeps failing and is out of rotation for now; please try again later.", req.Layout), c.circuit.soonest)
+			return
 		case errors.Is(err, actors.ErrOverloaded), err != nil && len(c.tried) > 0:
 			// Every node that could take it is full, refused or went away.
 			s.reject(c.out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", c.retry.soonest)
@@ -175,12 +193,22 @@ func (r *retryAfter) note(wait time.Duration) {
 	}
 }
 
+// verdictOf is the verdict on a chat whose context ended with cause: a
+// layout that failed or ran past the chat's time limit failed it; a client
+// that went away, an abort or the node shutting down say nothing about it.
+func verdictOf(cause error) actors.Verdict {
+	if errors.Is(cause, errLayoutFailed) || errors.Is(cause, errChatTimeout) {
+		return actors.VerdictFailure
+	}
+	return actors.VerdictNone
+}
+
 // attempt runs the chat on one target and returns its outcome, and for a
 // retry how long the node asked to wait. A failed layout ends the chat,
 // while a node gone ends only this attempt, which may then be retried
 // elsewhere.
 func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
-	c.target, c.actx, c.sent, c.last = target, c.ctx, time.Time{}, time.Time{}
+	c.target, c.actx, c.sent, c.last, c.verdict = target, c.ctx, time.Time{}, time.Time{}, actors.VerdictNone
 	defer func() {
 		if !c.handedOff {
 			c.endAttempt(outcome)
@@ -201,6 +229,15 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 			c.admission = l.Admission
 			c.m.queueWait.Observe(time.Since(queued).Seconds())
 		}
+		// Asked once the chat has its place, so that a probe is a chat
+		// that runs at once.
+		ticket, wait, ok := l.Breaker.Admit()
+		if !ok {
+			c.circuit.note(wait)
+			c.opened++
+			return outcomeRetry, 0
+		}
+		c.ticket = ticket
 		c.epoch = l.Epoch()
 		c.dest = c.epoch.Entry(l)
 		layoutFailures.watch(c.epoch, c)
@@ -255,10 +292,12 @@ func (c *chat) endAttempt(outcome string) {
 	if c.epoch != nil {
 		layoutFailures.unwatch(c.epoch, c)
 	}
+	c.ticket.Done(c.verdict)
 	if c.admission != nil {
 		c.admission.Release()
 	}
 	c.dest, c.reply, c.stopSilent, c.stopGone, c.cancelAttempt, c.epoch, c.admission = nil, nil, nil, nil, nil, nil, nil
+	c.ticket = actors.BreakerTicket{}
 	if c.target.Done != nil {
 		c.target.Done()
 	}
@@ -278,6 +317,7 @@ func (c *chat) stream() (string, time.Duration) {
 			if errors.Is(cause, errNodeGone) && !st.started {
 				return outcomeRetry, 0
 			}
+			c.verdict = verdictOf(cause)
 			return interrupted(c.out, cause), 0
 		}
 		if outcome, wait, done := c.handle(batch); done {
@@ -320,6 +360,7 @@ func (c *chat) handle(batch []any) (outcome string, wait time.Duration, done boo
 				return outcomeCut, 0, true
 			}
 		case *actors.End:
+			c.verdict = actors.VerdictSuccess
 			m.promptTokens.Add(float64(msg.PromptTokens))
 			m.completionTokens.Add(float64(msg.CompletionTokens))
 			out.end(msg)
@@ -329,6 +370,13 @@ func (c *chat) handle(batch []any) (outcome string, wait time.Duration, done boo
 			if msg.Code == actors.Code_CODE_OVERLOADED && !st.started {
 				return outcomeRetry, wait, true
 			}
+			if msg.Code == actors.Code_CODE_CIRCUIT_OPEN && !st.started {
+				// Its breaker opened before this node heard.
+				c.circuit.note(wait)
+				c.opened++
+				return outcomeRetry, 0, true
+			}
+			c.verdict = actors.VerdictOf(msg.Code)
 			c.s.logger.Warn("chat failed", "chat", st.chatID, "layout", c.req.Layout, "reason", msg.Reason)
 			out.fail(statusFor(msg.Code), msg.Reason)
 			return outcomeFailed, 0, true
@@ -420,7 +468,9 @@ func (c *chat) drain() (string, bool) {
 		}
 	}
 	if c.actx.Err() != nil {
-		return interrupted(c.out, context.Cause(c.actx)), true
+		cause := context.Cause(c.actx)
+		c.verdict = verdictOf(cause)
+		return interrupted(c.out, cause), true
 	}
 	c.out.flush()
 	return "", false

@@ -51,17 +51,36 @@ type AgentStatus struct {
 
 // LayoutStatus is one layout this node runs, with its tree of actors.
 type LayoutStatus struct {
-	Name       string  `json:"name"`
-	Healthy    bool    `json:"healthy"`
-	Reason     string  `json:"reason,omitempty"`
-	Capacity   int     `json:"capacity"`
-	Running    int     `json:"running"`
-	Queued     int     `json:"queued"`
-	QueueLimit int     `json:"queue_limit"`
-	FirstChunk Latency `json:"first_chunk"`
+	Name       string `json:"name"`
+	Healthy    bool   `json:"healthy"`
+	Reason     string `json:"reason,omitempty"`
+	Capacity   int    `json:"capacity"`
+	Running    int    `json:"running"`
+	Queued     int    `json:"queued"`
+	QueueLimit int    `json:"queue_limit"`
+	// Breaker is the layout's circuit breaker on this node.
+	Breaker    BreakerStatus `json:"breaker"`
+	FirstChunk Latency       `json:"first_chunk"`
 	// Chats counts the layout's chats on this node by outcome.
 	Chats map[string]float64 `json:"chats"`
 	Root  *ActorStatus       `json:"tree"`
+}
+
+// BreakerStatus is a layout's circuit breaker on this node.
+type BreakerStatus struct {
+	// State is closed, open, half-open (the next chat probes) or probing.
+	State string    `json:"state"`
+	Since time.Time `json:"since"`
+	// Until is when an open breaker lets its probe through.
+	Until time.Time `json:"until,omitzero"`
+	// Reason is why it last opened, Cooldown (in seconds) for how long.
+	Reason   string  `json:"reason,omitempty"`
+	Cooldown float64 `json:"cooldown"`
+	// FailuresInRow counts the chats that failed in a row while closed.
+	FailuresInRow int `json:"failures_in_row"`
+	// Opens and Refused count its openings and the chats it refused.
+	Opens   float64 `json:"opens"`
+	Refused float64 `json:"refused"`
 }
 
 // ActorStatus is one node of a layout's tree. Inner nodes whose path is
@@ -130,10 +149,23 @@ func (s *Server) Status(ctx context.Context) Status {
 		l := layouts[name]
 		h := l.Health()
 		running, queued := l.Admission.Load()
+		b := l.Breaker.Status()
 		ls := LayoutStatus{
 			Name: name, Healthy: h.Healthy, Reason: h.Reason,
 			Capacity: l.Admission.Capacity(), Running: running, Queued: queued, QueueLimit: l.Admission.QueueLimit(),
+			Breaker: BreakerStatus{State: b.State.Word(), Since: b.Since, Until: b.Until, Reason: b.Reason,
+				Cooldown: b.Cooldown.Seconds(), FailuresInRow: b.FailuresInRow},
 			Chats: map[string]float64{},
+		}
+		for _, m := range series["troupe_layout_breaker_opens_total"] {
+			if label(m, "layout") == name {
+				ls.Breaker.Opens = m.GetCounter().GetValue()
+			}
+		}
+		for _, m := range series["troupe_layout_breaker_refused_total"] {
+			if label(m, "layout") == name {
+				ls.Breaker.Refused = m.GetCounter().GetValue()
+			}
 		}
 		for _, m := range series["troupe_chat_first_chunk_seconds"] {
 			if label(m, "layout") == name {
