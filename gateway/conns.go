@@ -28,7 +28,7 @@ func (s *Server) HTTPServer() *http.Server {
 		// body, so that its answer can stream for longer.
 		ReadTimeout:    l.BodyTimeout,
 		IdleTimeout:    l.IdleTimeout,
-		MaxHeaderBytes: l.MaxHeaderBytes,
+		MaxHeaderBytes: int(l.MaxHeaderBytes),
 		ConnState:      s.conns.connState,
 		ConnContext:    connContext,
 	}

@@ -3,8 +3,8 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"os"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -30,7 +30,7 @@ type Limits struct {
 	// a note in the Agent's text), and its generation is cancelled.
 	MaxAnswerBytes int64
 	// MaxHeaderBytes bounds a request's head; net/http answers 431 past it.
-	MaxHeaderBytes int
+	MaxHeaderBytes int64
 	// MaxConnections bounds the HTTP connections open at once, streams
 	// taken over from net/http included. At the limit, a new connection
 	// takes the place of the one that has waited longest without a request
@@ -88,7 +88,7 @@ func (l Limits) withDefaults() Limits {
 	set(&l.MaxHistoryBytes, d.MaxHistoryBytes)
 	set(&l.MaxAnswerBytes, d.MaxAnswerBytes)
 	setInt(&l.MaxHistoryMessages, d.MaxHistoryMessages)
-	setInt(&l.MaxHeaderBytes, d.MaxHeaderBytes)
+	set(&l.MaxHeaderBytes, d.MaxHeaderBytes)
 	setInt(&l.MaxConnections, d.MaxConnections)
 	setDur(&l.HeaderTimeout, d.HeaderTimeout)
 	setDur(&l.BodyTimeout, d.BodyTimeout)
