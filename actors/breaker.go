@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -93,6 +94,11 @@ func VerdictOf(code Code) Verdict {
 	}
 	return VerdictNone
 }
+
+// ErrCircuitOpen says a layout's circuit breaker refused a chat: the
+// layout failed too often on that node and is out of rotation there until
+// its cool-down ends.
+var ErrCircuitOpen = errors.New("circuit breaker open")
 
 // probeRetryAfter is what a chat refused while the probe runs is told to
 // wait: the probe's end is unknown, and a success lets chats in at once.
