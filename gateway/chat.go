@@ -264,7 +264,7 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 	if len(c.tried) > 0 {
 		name += "~" + strconv.Itoa(len(c.tried))
 	}
-	c.reply = newReply(c.s.system, name)
+	c.reply = newReply(c.s.system, name, c.s.cfg.Limits.MaxAnswerBytes)
 	c.req.ReplyTo = c.reply.pid
 	st.node = target.Node
 	c.s.system.Root.Send(c.dest, c.req)

@@ -17,9 +17,10 @@ import (
 // chat streams on a connection taken over from net/http, the reply calls
 // the reader back instead (pushTo), so that no goroutine waits per stream.
 //
-// The queue is unbounded by count but bounded by the chat's own output: a
-// slow client must never block the actor that sends, which serves other
-// chats too.
+// The queue is unbounded by count but bounded by the answer's size limit:
+// a slow client must never block the actor that sends, which serves other
+// chats too, and chunks past the limit would be cut anyway, so the reply
+// keeps the one that crosses it (which cuts the answer) and drops the rest.
 type reply struct {
 	system *actor.ActorSystem
 	pid    *actor.PID
@@ -28,6 +29,7 @@ type reply struct {
 	queue    []any
 	spare    []any
 	terminal bool
+	room     int64 // bytes of chunks still kept; below zero, the limit was crossed
 	signal   chan struct{}
 	push     func()
 	// bufs back queue and spare until a batch outgrows them: most chats
@@ -37,9 +39,10 @@ type reply struct {
 
 var _ actor.Process = (*reply)(nil)
 
-// newReply registers a reply process for a chat. The caller must Close it.
-func newReply(system *actor.ActorSystem, chatID string) *reply {
-	r := &reply{system: system, signal: make(chan struct{}, 1)}
+// newReply registers a reply process for a chat whose answer may take
+// maxBytes. The caller must Close it.
+func newReply(system *actor.ActorSystem, chatID string, maxBytes int64) *reply {
+	r := &reply{system: system, signal: make(chan struct{}, 1), room: maxBytes}
 	r.queue, r.spare = r.bufs[0][:0], r.bufs[1][:0]
 	pid, ok := system.ProcessRegistry.Add(r, "reply$"+chatID)
 	if !ok {
@@ -55,18 +58,22 @@ func newReply(system *actor.ActorSystem, chatID string) *reply {
 func (r *reply) SendUserMessage(_ *actor.PID, message any) {
 	_, msg, _ := actor.UnwrapEnvelope(message)
 	terminal := false
-	switch msg.(type) {
-	case *actors.Begin, *actors.Chunk:
+	var size int64
+	switch m := msg.(type) {
+	case *actors.Begin:
+	case *actors.Chunk:
+		size = int64(len(m.Text) + len(m.ToolCalls))
 	case *actors.End, *actors.Failure:
 		terminal = true
 	default:
 		return
 	}
 	r.mu.Lock()
-	if r.terminal {
+	if r.terminal || r.room < 0 && size > 0 {
 		r.mu.Unlock()
 		return
 	}
+	r.room -= size
 	r.terminal = terminal
 	r.queue = append(r.queue, msg)
 	push := r.push

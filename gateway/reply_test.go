@@ -16,7 +16,7 @@ import (
 func TestReply(t *testing.T) {
 	system := actor.NewActorSystem()
 	defer system.Shutdown()
-	r := newReply(system, "x")
+	r := newReply(system, "x", 1<<20)
 	defer r.Close()
 	send := func(msg any) { system.Root.Send(r.pid, msg) }
 	send(&actors.Chunk{Text: "a"})
