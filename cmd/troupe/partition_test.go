@@ -427,10 +427,11 @@ func TestPartitionHeals(t *testing.T) {
 
 	lab.heal(t, 2)
 	healedAt := time.Now()
-	// The cut-off node comes back when its suspicion of the others, which
-	// nobody could confirm, times out (18 s after it began), it finds
-	// itself alone and joins its seed again; or earlier, when some gossip
-	// makes one side refute the other's verdict. Seen: 9 to 23 s.
+	// Both sides try to join the members they saw die once a second, so
+	// they meet again at the first try after the link is back, and each
+	// refutes the other's verdict. Seen: 0.82 to 1.79 s (the goal is 2 s;
+	// docs/benchmarks.md); the wait is longer so that a slow machine
+	// fails on a real fault only.
 	for i, p := range nodes {
 		waitLab(t, time.Minute, aliveIs(p, 3), nodeName(i)+" to see 3 members alive after the heal")
 	}
