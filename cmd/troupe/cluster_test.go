@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/troupe-llm/troupe/actors"
 	"github.com/troupe-llm/troupe/internal/agenttest"
+	"github.com/troupe-llm/troupe/internal/covertest"
 )
 
 // slowLayout is a model that takes about 200ms per chat: ten characters,
@@ -279,8 +279,7 @@ func TestClusterKey(t *testing.T) {
 // join with a clear log line, and the cluster goes on.
 func TestClusterRefusesOtherProtocol(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "troupe-other")
-	args := []string{"build", "-tags", "troupe_other_protocol", "-o", other}
-	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
+	if out, err := covertest.Build(other, ".", "-tags", "troupe_other_protocol"); err != nil {
 		t.Fatalf("building a node of another protocol: %v\n%s", err, out)
 	}
 	layoutFile := writeTemp(t, slowLayout)

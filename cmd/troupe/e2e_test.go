@@ -21,6 +21,7 @@ import (
 
 	"github.com/troupe-llm/troupe/app"
 	"github.com/troupe-llm/troupe/internal/agenttest"
+	"github.com/troupe-llm/troupe/internal/covertest"
 	"github.com/troupe-llm/troupe/internal/leaktest"
 )
 
@@ -34,14 +35,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "troupe")
-	args := []string{"build", "-o", binary}
+	var flags []string
 	if raceEnabled {
-		args = append(args, "-race")
+		flags = append(flags, "-race")
 	}
-	build := exec.Command("go", append(args, ".")...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building troupe:", err)
+	if out, err := covertest.Build(binary, ".", flags...); err != nil {
+		fmt.Fprintf(os.Stderr, "building troupe: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -102,8 +101,7 @@ func startProcess(t *testing.T, env map[string]string, args ...string) *process 
 		select {
 		case <-p.done:
 		default:
-			_ = cmd.Process.Kill()
-			<-p.done
+			p.halt()
 		}
 		if t.Failed() {
 			t.Logf("node stderr:\n%s", p.stderr.String())
@@ -147,6 +145,21 @@ func (p *process) stop(sig os.Signal) int {
 		p.t.Fatal("node did not exit after the signal")
 		return -1
 	}
+}
+
+// halt ends a process the test left running. A killed process writes no
+// coverage counters, so in a coverage run it is first asked to shut down,
+// and given the time a drain, a leave and closing HTTP take by default.
+func (p *process) halt() {
+	if covertest.Enabled() && p.cmd.Process.Signal(syscall.SIGTERM) == nil {
+		select {
+		case <-p.done:
+			return
+		case <-time.After(45 * time.Second):
+		}
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }
 
 func (p *process) url(path string) string { return "http://" + p.addr + path }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/troupe-llm/troupe/internal/covertest"
 )
 
 // The example builds into a troupe binary whose layouts can use its own
@@ -19,7 +21,7 @@ import (
 // checked at load time with their place in the file.
 func TestCustomBinary(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "customtroupe")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	if out, err := covertest.Build(bin, "."); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 
