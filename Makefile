@@ -2,6 +2,8 @@
 # make test   installs the Debian packages and the Ollama server the tests
 #             need (when missing), then vets and runs every test with the
 #             race detector.
+# make cover  runs the same tests with coverage, counting the processes the
+#             tests start too, and prints each package's figure.
 # make image  builds the Docker images troupe and troupe-example (or
 #             IMAGE=name and name-example) from a static binary, pulling
 #             nothing.
@@ -20,7 +22,7 @@ DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps ollama vet build proto bench image
+.PHONY: run test cover deps ollama vet build proto bench image
 
 run:
 	go run ./cmd/troupe
@@ -54,6 +56,35 @@ vet:
 
 test: deps ollama vet
 	go test -race ./...
+
+# cover runs the tests of make test (without the race detector, for time)
+# and counts what every process ran: the test binaries write their counters
+# into $(COVERDIR)/unit (-test.gocoverdir), the binaries the tests start as
+# processes of their own into $(COVERDIR)/procs (TROUPE_COVERDIR: see
+# internal/covertest). It prints each package's coverage by the test
+# binaries alone and with the processes merged in, writes the merged
+# profile to coverage.out and coverage.html, and fails after the report
+# when a test failed.
+MODULE := github.com/troupe-llm/troupe
+COVERDIR := $(CURDIR)/.cover
+cover: deps ollama
+	@rm -rf $(COVERDIR)/unit $(COVERDIR)/procs && mkdir -p $(COVERDIR)/unit $(COVERDIR)/procs
+	TROUPE_COVERDIR=$(COVERDIR)/procs go test -cover -coverpkg=$(MODULE)/... ./... -args -test.gocoverdir=$(COVERDIR)/unit; \
+		echo $$? > $(COVERDIR)/status
+	@go tool covdata percent -i=$(COVERDIR)/unit > $(COVERDIR)/unit.txt
+	@go tool covdata percent -i=$(COVERDIR)/unit,$(COVERDIR)/procs > $(COVERDIR)/merged.txt
+	@go tool covdata textfmt -i=$(COVERDIR)/unit -o $(COVERDIR)/unit.out
+	@go tool covdata textfmt -i=$(COVERDIR)/unit,$(COVERDIR)/procs -o coverage.out
+	@go tool cover -html=coverage.out -o coverage.html
+	@echo; printf '%-32s %12s %8s\n' package "tests alone" merged
+	@awk 'NR == FNR { alone[$$1] = $$3; next } \
+		{ p = $$1; sub("^$(MODULE)/?", "", p); printf "%-32s %12s %8s\n", (p == "" ? "." : p), ($$1 in alone ? alone[$$1] : "-"), $$3 }' \
+		$(COVERDIR)/unit.txt $(COVERDIR)/merged.txt
+	@printf '%-32s %12s %8s\n' total \
+		"$$(go tool cover -func=$(COVERDIR)/unit.out | awk 'END { print $$3 }')" \
+		"$$(go tool cover -func=coverage.out | awk 'END { print $$3 }')"
+	@echo; echo "merged profile: coverage.out, coverage.html"
+	@exit $$(cat $(COVERDIR)/status)
 
 # image builds the static binary and copies the host's CA bundle into
 # $(IMAGE_CONTEXT)/dist/image, then the two images. Nothing is pulled: the
