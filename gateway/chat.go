@@ -377,6 +377,10 @@ func (c *chat) handle(batch []any) (outcome string, wait time.Duration, done boo
 				return outcomeRetry, 0, true
 			}
 			c.verdict = actors.VerdictOf(msg.Code)
+			if c.reachedTimeLimit(msg) {
+				out.fail(http.StatusGatewayTimeout, errChatTimeout.Error())
+				return outcomeTimedOut, 0, true
+			}
 			c.s.logger.Warn("chat failed", "chat", st.chatID, "layout", c.req.Layout, "reason", msg.Reason)
 			out.fail(statusFor(msg.Code), msg.Reason)
 			return outcomeFailed, 0, true

@@ -74,6 +74,9 @@ type trackedConn struct {
 	phase atomic.Int32
 	// The read deadline last set, in Unix nanoseconds; 0 for none.
 	deadline atomic.Int64
+	// The write deadline of the chat it serves, in Unix nanoseconds; 0 for
+	// none.
+	writeBy atomic.Int64
 }
 
 // A connection's phases.
@@ -274,8 +277,18 @@ func (c *trackedConn) serveChat(chatTimeout time.Duration) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	_ = c.SetWriteDeadline(time.Now().Add(chatTimeout + writeGrace))
+	by := time.Now().Add(chatTimeout + writeGrace)
+	c.writeBy.Store(by.UnixNano())
+	_ = c.SetWriteDeadline(by)
 	c.mark(true)
+}
+
+// rearm sets the chat's write deadline again on a connection taken over
+// from net/http, whose Hijack clears every deadline.
+func (c *trackedConn) rearm() {
+	if by := c.writeBy.Load(); by != 0 {
+		_ = c.SetWriteDeadline(time.Unix(0, by))
+	}
 }
 
 // rest ends a serve. net/http may still read and drop the rest of the
@@ -292,6 +305,7 @@ func (c *trackedConn) rest() {
 	if c.serving == 0 && !c.hijacked {
 		if c.writeBound {
 			c.writeBound = false
+			c.writeBy.Store(0)
 			_ = c.SetWriteDeadline(time.Time{})
 		}
 		c.phase.Store(phaseBody)

@@ -21,3 +21,11 @@ func WaitHandedBack(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// SetWriteGrace sets, for one test, how long past its chat's time limit a
+// write to a client may block.
+func SetWriteGrace(t *testing.T, d time.Duration) {
+	old := writeGrace
+	writeGrace = d
+	t.Cleanup(func() { writeGrace = old })
+}

@@ -98,9 +98,14 @@ func startNodeWith(t *testing.T, spec actors.PipelineSpec, configure func(*gatew
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(s.Handler())
+	// The node's own server and listener, with its limits, as app runs it.
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = s.HTTPServer()
+	srv.Listener = s.Listen(srv.Listener)
 	hijacked := make(chan net.Conn, 64)
+	connState := srv.Config.ConnState
 	srv.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		connState(c, state)
 		if state == http.StateHijacked {
 			select {
 			case hijacked <- c:

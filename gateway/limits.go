@@ -179,6 +179,14 @@ func (s *Server) countLimitOutcome(outcome string) {
 	}
 }
 
+// reachedTimeLimit reports whether a failure is the chat's own time limit,
+// which the layout saw before the gateway's timer did: a deadline passed,
+// and the chat's is (give or take the clocks of two nodes). A kind's own
+// timeouts say the same code earlier, with their own reason.
+func (c *chat) reachedTimeLimit(f *actors.Failure) bool {
+	return f.Code == actors.Code_CODE_DEADLINE_EXCEEDED && time.Until(time.Unix(0, c.req.DeadlineUnixNano)) < time.Second
+}
+
 // answerRoom is what an answer may still write before MaxAnswerBytes.
 type answerRoom struct {
 	left, limit int64

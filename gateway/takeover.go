@@ -141,6 +141,9 @@ func (t *takeoverWriter) takeOver(gone func()) bool {
 		b, _ := brw.Reader.Peek(n)
 		t.next = bytes.Clone(b)
 	}
+	if tc := trackedOf(conn); tc != nil {
+		tc.rearm()
+	}
 	t.conn, t.w, t.flusher, t.gone = conn, nil, nil, onlyOnce(gone)
 	t.unwatch = watchHangup(conn, t.gone)
 	return true
