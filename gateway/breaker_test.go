@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,8 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/troupe-llm/troupe/actors"
 	"github.com/troupe-llm/troupe/actors/chaos"
+	"github.com/troupe-llm/troupe/gateway"
 )
 
 // A layout whose model keeps failing is taken out of rotation: its breaker
@@ -143,4 +148,58 @@ func scrape(t *testing.T, n *node) string {
 		t.Fatal(err)
 	}
 	return readAll(t, resp)
+}
+
+// A chat its layout's fallback rescues is a success of the layout: a
+// first child that fails every chat does not open the breaker of a
+// layout whose next child answers.
+func TestBreakerCountsRescuedChatsAsSuccesses(t *testing.T) {
+	failing, err := chaos.New(chaos.Args{Content: "never", Delay: "0s", SlowDelay: "0s", Error: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGate()
+	close(g.release) // every chat answers at once
+	spec := actors.LayoutSpec{Name: "llm", Breaker: actors.BreakerConfig{Failures: 2},
+		Root: &actors.FallbackNode{Path: "fallback", Children: []actors.Node{
+			&actors.ModelNode{Path: "fallback/0/chaos", New: func() (actors.Model, error) { return failing, nil }, Capacity: 4, Queue: 4},
+			&actors.ModelNode{Path: "fallback/1/gate", New: func() (actors.Model, error) { return g, nil }, Capacity: 4, Queue: 4},
+		}}}
+	n := startTreeNode(t, spec)
+	for i := 0; i < 6; i++ {
+		if body := readAll(t, n.post(ctxFor(t), "/v1/completion", form(userInput("x")))); body != "x!" {
+			t.Fatalf("chat %d: %q, want the fallback's answer", i, body)
+		}
+		<-g.started
+		<-g.ended
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(scrape(t, n), `troupe_chats_total{layout="llm",outcome="completed"} 6`)
+	}, "six completed chats")
+	if s := n.layout.Breaker.Status(); s.State != actors.BreakerState_BREAKER_CLOSED || s.FailuresInRow != 0 {
+		t.Fatalf("breaker %+v after six rescued chats, want closed with no failure", s)
+	}
+}
+
+// startTreeNode starts a node serving one layout of any shape.
+func startTreeNode(t *testing.T, spec actors.LayoutSpec) *node {
+	t.Helper()
+	system := actor.NewActorSystem()
+	t.Cleanup(system.Shutdown)
+	reg := prometheus.NewRegistry()
+	l, err := actors.StartLayout(system, spec, actors.NewMetrics(reg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopLayout(t, l) })
+	s, err := gateway.New(gateway.Config{Layouts: map[string]*actors.Layout{spec.Name: l}, Gatherer: reg, Registerer: reg}, system)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		gateway.WaitHandedBack(t)
+		srv.Close()
+	})
+	return &node{t: t, server: s, http: srv, reg: reg, layout: l}
 }
