@@ -239,3 +239,65 @@ func TestHostChatsAndTheBreaker(t *testing.T) {
 	}
 	waitState(actors.BreakerState_BREAKER_CLOSED)
 }
+
+// A chat that runs past its time limit in the layout counts against it,
+// as does any failure of the layout; a chat its gateway cancels before
+// does not.
+func TestHostTimeoutsCountForTheBreaker(t *testing.T) {
+	hang := actors.ModelFunc(func(ctx context.Context, _ *actors.ChatRequest, _ func(string) error) error {
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	c, l := testClusterOf(t, hang, 4, 0)
+	l.Breaker = actors.NewBreaker(actors.BreakerConfig{Failures: 1}, nil, nil, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ask := func(id string, deadline time.Time, cancelFirst bool) {
+		t.Helper()
+		reply := actors.NewReply(c.system, id)
+		defer reply.Close()
+		req := &actors.ChatRequest{ChatId: id, Layout: "llm", ReplyTo: reply.PID(),
+			History: []*actors.Message{{Role: actors.Role_ROLE_USER, Content: "hi"}}}
+		if !deadline.IsZero() {
+			req.DeadlineUnixNano = deadline.UnixNano()
+		}
+		c.system.Root.Send(c.host.pid, req)
+		if cancelFirst {
+			c.system.Root.Send(c.host.pid, &actors.Cancel{ChatId: id, Reason: "the client went away"})
+		}
+		for {
+			batch, err := reply.Receive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := batch[len(batch)-1].(*actors.Failure); ok {
+				return
+			}
+		}
+	}
+	ask("cancelled", time.Time{}, true)
+	ask("cancelled too", time.Time{}, true)
+	// A hosted chat tells the breaker before it leaves the host's books.
+	for {
+		c.host.mu.Lock()
+		n := len(c.host.chats)
+		c.host.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the cancelled chats did not end on the host")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if s := l.Breaker.Status(); s.State != actors.BreakerState_BREAKER_CLOSED {
+		t.Fatalf("breaker %s after cancelled chats, want closed", s.State.Word())
+	}
+	ask("timed out", time.Now().Add(50*time.Millisecond), false)
+	for l.Breaker.Status().State != actors.BreakerState_BREAKER_OPEN {
+		if ctx.Err() != nil {
+			t.Fatal("a chat past its deadline did not open the breaker")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
