@@ -35,9 +35,17 @@ func (s *Server) HTTPServer() *http.Server {
 }
 
 // Listen wraps ln so that the gateway counts and bounds the connections it
-// accepts (see Limits.MaxConnections).
+// accepts (see Limits.MaxConnections) and, where it can, holds each until
+// its request's head has arrived (see gate). Close the listener (as
+// http.Server.Serve does when it returns) to end what it started.
 func (s *Server) Listen(ln net.Listener) net.Listener {
-	return &limitListener{Listener: ln, conns: s.conns}
+	l := &limitListener{Listener: ln, conns: s.conns}
+	if g := newGate(s.cfg.Limits, s.conns); g != nil {
+		s.conns.gate = g
+		l.gate, l.errs, l.closing, l.done = g, make(chan error), make(chan struct{}), make(chan struct{})
+		go l.accept()
+	}
+	return l
 }
 
 // connLimiter counts the gateway's connections, from accept to close,
@@ -50,6 +58,7 @@ func (s *Server) Listen(ln net.Listener) net.Listener {
 type connLimiter struct {
 	max     int
 	metrics *metrics
+	gate    *gate // nil when there is none
 
 	mu      sync.Mutex
 	open    int
@@ -68,6 +77,8 @@ type trackedConn struct {
 	hijacked   bool // taken over by the gateway, until served again
 	writeBound bool // a chat set a write deadline
 	closed     bool
+
+	gated *gated // in the gate; under the gate's mutex
 
 	// What the connection is waiting for, so that a read that times out
 	// is counted against the right limit.
@@ -124,23 +135,88 @@ func trackedOf(c net.Conn) *trackedConn {
 }
 
 // limitListener accepts connections up to the limit (see connLimiter).
+// With a gate, a goroutine of its own accepts them into the gate, and
+// Accept takes those whose head has arrived.
 type limitListener struct {
 	net.Listener
 	conns *connLimiter
+
+	gate      *gate
+	errs      chan error    // the accepting goroutine's errors, for Accept
+	closing   chan struct{} // closed by Close
+	done      chan struct{} // closed when the accepting goroutine has ended
+	closeOnce sync.Once
+	closeErr  error
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
+	if l.gate == nil {
+		for {
+			c, err := l.Listener.Accept()
+			if err != nil {
+				return nil, err
+			}
+			if tc := l.admit(c); tc != nil {
+				return tc, nil
+			}
+		}
+	}
+	select {
+	case c := <-l.gate.ready:
+		return c, nil
+	case err := <-l.errs:
+		return nil, err
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// accept is the goroutine that accepts connections into the gate, until
+// the listener is closed. Errors go to Accept, whose caller backs off
+// from those that pass (as net/http does), which paces this loop too.
+func (l *limitListener) accept() {
+	defer close(l.done)
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			return nil, err
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case l.errs <- err:
+				continue
+			case <-l.closing:
+				return
+			}
 		}
-		if tc := l.conns.admit(c); tc != nil {
-			return tc, nil
+		if tc := l.admit(c); tc != nil {
+			l.gate.add(tc, nil, false)
 		}
+	}
+}
+
+// admit counts a new connection, or refuses it.
+func (l *limitListener) admit(c net.Conn) *trackedConn {
+	tc := l.conns.admit(c)
+	if tc == nil {
 		l.conns.metrics.limitHits.WithLabelValues(limitConnections).Inc()
 		refuse(c)
 	}
+	return tc
+}
+
+// Close closes the listener, then the gate and the connections in it.
+func (l *limitListener) Close() error {
+	if l.gate == nil {
+		return l.Listener.Close()
+	}
+	l.closeOnce.Do(func() {
+		close(l.closing)
+		l.closeErr = l.Listener.Close()
+		<-l.done
+		l.gate.close()
+	})
+	return l.closeErr
 }
 
 // refusal is the whole answer to a connection over the limit, written
@@ -231,6 +307,29 @@ func (l *connLimiter) wait(tc *trackedConn) {
 	l.waiting.pushBack(tc)
 }
 
+// handBack returns a connection taken over for a stream to the gate, to
+// wait there for its next request, and reports whether it did: without a
+// gate, net/http serves it again (see takeoverWriter.finish). pending is
+// what the client sent meanwhile.
+func (l *connLimiter) handBack(c net.Conn, pending []byte) bool {
+	tc := trackedOf(c)
+	if tc == nil || l.gate == nil {
+		return false
+	}
+	// Bytes a hand-back before this one read ahead and net/http did not
+	// take come after those it did.
+	for ra, ok := c.(*readAhead); ok; ra, ok = ra.Conn.(*readAhead) {
+		pending = append(pending, ra.next...)
+	}
+	l.mu.Lock()
+	tc.hijacked = false
+	tc.phase.Store(phaseIdle)
+	l.wait(tc)
+	l.mu.Unlock()
+	l.gate.add(tc, pending, true)
+	return true
+}
+
 // counts returns the connections serving a request and those waiting.
 func (l *connLimiter) counts() (serving, waiting int) {
 	l.mu.Lock()
@@ -318,9 +417,7 @@ func (c *trackedConn) rest() {
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		if ph := c.phase.Load(); ph == phaseFresh || ph == phaseIdle {
-			c.requestBegins(ph)
-		}
+		c.requestBegins()
 	}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.deadline.Load() > abortDeadline {
 		c.timedOut()
@@ -330,8 +427,9 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 
 // requestBegins moves a connection on which a request starts to arrive to
 // the back of the waiting line: it is the freshest, not the stalest.
-func (c *trackedConn) requestBegins(from int32) {
-	if !c.phase.CompareAndSwap(from, phaseHead) {
+func (c *trackedConn) requestBegins() {
+	ph := c.phase.Load()
+	if ph != phaseFresh && ph != phaseIdle || !c.phase.CompareAndSwap(ph, phaseHead) {
 		return
 	}
 	c.l.mu.Lock()
@@ -392,6 +490,9 @@ func (c *trackedConn) noteDeadline(t time.Time) {
 
 // Close closes the connection and gives its place back, once.
 func (c *trackedConn) Close() error {
+	if g := c.l.gate; g != nil {
+		g.forget(c)
+	}
 	err := c.Conn.Close()
 	c.l.mu.Lock()
 	if !c.closed {

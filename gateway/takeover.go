@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -202,6 +203,9 @@ func (t *takeoverWriter) finish(complete bool) {
 	}
 	// net/http sets no write deadline of its own: the chat's goes.
 	_ = t.conn.SetWriteDeadline(time.Time{})
+	if tc := trackedOf(t.conn); tc != nil && tc.l.handBack(t.conn, t.next) {
+		return
+	}
 	var conn net.Conn = t.conn
 	if len(t.next) > 0 {
 		conn = &readAhead{Conn: conn, next: t.next}
@@ -236,6 +240,22 @@ func onlyOnce(f func()) func() {
 type readAhead struct {
 	net.Conn
 	next []byte
+}
+
+// SyscallConn and CloseWrite pass through what the hang-up watcher and
+// net/http look for on a TCP connection.
+func (c *readAhead) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
+}
+
+func (c *readAhead) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 func (c *readAhead) Read(p []byte) (int, error) {
