@@ -618,6 +618,17 @@ func TestLinkBadBytes(t *testing.T) {
 				_, _ = conn.Write(bad)
 				conn.Close()
 			}
+			// Garbage outside TLS, too: on a locked link, a refused handshake.
+			conn, err := net.Dial("tcp", remoteOf(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = conn.Write(garbage)
+			conn.Close()
+			if tt.extra != nil {
+				waitFor(t, func() bool { return b.metric(t, `troupe_remote_refused_total{reason="not_tls"}`) >= 1 },
+					"node-b to count the garbage as a refused handshake")
+			}
 
 			for i, prompt := range []string{marker(t, "after"), marker(t, "again")} {
 				if code, node, answer := routedChat(t, a.process, "llm-b", prompt); code != 200 || node != "node-b" || answer != prompt {
