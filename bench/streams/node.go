@@ -47,6 +47,8 @@ func startNode(ctx context.Context, o options, taskset, layout string, chatTimeo
 		"LLM_NAME=streams",
 		"LAYOUT_CONFIG=" + layout,
 		"CHAT_TIMEOUT=" + chatTimeout.String(),
+		// Every stream is a connection, and so is a scrape of /metrics.
+		"MAX_CONNECTIONS=" + strconv.Itoa(o.streams+1024),
 		"DRAIN_TIMEOUT=1s",
 	}
 	out := &output{}
