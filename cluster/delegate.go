@@ -148,7 +148,11 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	}
 }
 
-// NotifyUpdate implements memberlist.EventDelegate.
+// NotifyUpdate implements memberlist.EventDelegate. A member whose remote
+// address changed is a new process under the old name: one restarted
+// before memberlist declared the old one dead, which it then never does.
+// The chats sent to the old process went with it, and new ones must go to
+// the new address, so it is taken in as a member that joined.
 func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 	c := d.c()
 	meta, err := c.decodeMeta(n)
@@ -156,10 +160,21 @@ func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 		return
 	}
 	c.mu.Lock()
-	if m, ok := c.members[n.Name]; ok {
-		m.Meta = meta
+	m, ok := c.members[n.Name]
+	if !ok || m.Meta.GetRemoteAddress() == meta.GetRemoteAddress() {
+		if ok {
+			m.Meta = meta
+		}
+		c.mu.Unlock()
+		return
 	}
+	c.members[n.Name] = newMember(n.Name, meta)
 	c.mu.Unlock()
+	m.kill()
+	c.host.gatewayGone(m.Meta.GetRemoteAddress())
+	c.logger.Info("member restarted", "member", n.Name, "remote", meta.GetRemoteAddress())
+	c.broadcastLoad(true)
+	c.tellLoad(true)
 }
 
 func (c *Cluster) admit(peer *memberlist.Node) error {

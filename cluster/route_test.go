@@ -12,6 +12,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/hashicorp/memberlist"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/troupe-llm/troupe/actors"
 )
@@ -486,6 +487,47 @@ func TestRouteMemberThatDies(t *testing.T) {
 	routeTo(t, c, "", "c").Done()
 	for _, target := range again {
 		target.Done()
+	}
+}
+
+// A member killed and restarted under its name before memberlist declared
+// it dead comes back as an update with its new remote address: the chats
+// on the old process end, and new ones go to the new address. An update
+// that keeps the address (a reload) keeps the member.
+func TestRouteMemberRestartedUnderItsName(t *testing.T) {
+	c, l := testCluster(t, 1, 0)
+	fill(t, l, 1)
+	c.addMember("b", 0, 0, 2, 0, true)
+	c.tell("b", 2, 0, 0, 2, 0)
+	old := routeTo(t, c, "", "b")
+	defer old.Done()
+	update := func(addr string, layouts ...string) {
+		meta, err := proto.Marshal(&actors.NodeMeta{RemoteAddress: addr, Layouts: layouts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		(*delegate)(c).NotifyUpdate(&memberlist.Node{Name: "b", Meta: meta})
+	}
+
+	update("b:1", "llm", "other")
+	select {
+	case <-old.Gone.Done():
+		t.Fatal("a reload ended the member's chats")
+	default:
+	}
+
+	update("b:2", "llm")
+	select {
+	case <-old.Gone.Done():
+	default:
+		t.Fatal("the chat on the old process was not told it went")
+	}
+	c.applyLoad(&actors.NodeLoad{Node: "b", Seq: 1, Layouts: []*actors.LayoutLoad{{Layout: "llm", Capacity: 2, Healthy: true}}})
+	c.tell("b", 2, 0, 0, 2, 0)
+	again := routeTo(t, c, "", "b")
+	defer again.Done()
+	if got := again.Remote.GetAddress(); got != "b:2" {
+		t.Fatalf("a chat went to %s, want the new process at b:2", got)
 	}
 }
 
