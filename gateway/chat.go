@@ -56,6 +56,10 @@ type chat struct {
 	// refused it. A chat every node refused that way gets a 503.
 	circuit retryAfter
 	opened  int
+	// full counts the nodes in tried that refused the chat for want of
+	// room; the others went away or could not be reached, and a chat
+	// none had room for is told so (429), one none could run is not.
+	full int
 	// handedOff is set once the chat streams on a connection taken over
 	// from net/http: its answer is written by pumps from then on, and the
 	// handler's goroutine only returns.
@@ -153,9 +157,17 @@ func (c *chat) run() {
 			s.reject(c.out, req.Layout, http.StatusServiceUnavailable,
 				fmt.Sprintf("%s keeps failing and is out of rotation for now; please try again later.", req.Layout), c.circuit.soonest)
 			return
-		case errors.Is(err, actors.ErrOverloaded), err != nil && len(c.tried) > 0:
-			// Every node that could take it is full, refused or went away.
+		case errors.Is(err, actors.ErrOverloaded), err != nil && c.full > 0:
+			// Every node that could take it is full, or refused it or
+			// went away with some full.
 			s.reject(c.out, req.Layout, http.StatusTooManyRequests, "Too many chats at once; please try again shortly.", c.retry.soonest)
+			return
+		case err != nil && len(c.tried) > 0:
+			// Every node it was tried on went away or could not be
+			// reached (a link that refused this node, say): not a matter
+			// of load.
+			s.reject(c.out, req.Layout, http.StatusServiceUnavailable,
+				fmt.Sprintf("%s is unavailable right now: the nodes that serve it could not be reached; please try again.", req.Layout), 0)
 			return
 		case err != nil:
 			s.reject(c.out, req.Layout, http.StatusServiceUnavailable, fmt.Sprintf("%s is unavailable right now (%v); please try again.", req.Layout, err), 0)
@@ -222,6 +234,7 @@ func (c *chat) attempt(target Target) (outcome string, wait time.Duration) {
 			queued := time.Now()
 			if err := l.Admission.Acquire(c.ctx); err != nil {
 				if errors.Is(err, actors.ErrOverloaded) {
+					c.full++
 					return outcomeRetry, l.Admission.RetryAfter()
 				}
 				return outcomeCancelled, 0
@@ -368,6 +381,7 @@ func (c *chat) handle(batch []any) (outcome string, wait time.Duration, done boo
 		case *actors.Failure:
 			wait := time.Duration(msg.RetryAfterMs) * time.Millisecond
 			if msg.Code == actors.Code_CODE_OVERLOADED && !st.started {
+				c.full++
 				return outcomeRetry, wait, true
 			}
 			if msg.Code == actors.Code_CODE_CIRCUIT_OPEN && !st.started {
