@@ -318,6 +318,7 @@ func TestCompose(t *testing.T) {
 		"LLM_NAME=test-llm",
 		"LAYOUTS_DIR=" + layouts,
 		"LAYOUT_CONFIG=/etc/troupe/layouts/slow.yaml",
+		"CLUSTER_KEY=compose test cluster key " + id,
 	}
 	dc := func(timeout time.Duration, args ...string) string {
 		t.Helper()
@@ -364,6 +365,10 @@ func TestCompose(t *testing.T) {
 		return nil
 	})
 	t.Logf("up, healthy and joined in %s", time.Since(start).Round(time.Millisecond))
+	// The compose file requires CLUSTER_KEY, so no node runs an open link.
+	if logs := dc(time.Minute, "logs", "--no-color", "troupe-1", "troupe-2", "troupe-3"); strings.Contains(logs, "link is open") {
+		t.Fatalf("a node says its link is open:\n%s", logs)
+	}
 
 	// Chats sent through troupe-1 run on all three nodes.
 	r := chats(base, 60, 12, 0, nil)

@@ -131,6 +131,8 @@ func TestKubernetesManifests(t *testing.T) {
 			env[e.Name] = "10.0.0.7" // status.podIP
 		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
 			env[e.Name] = "troupe-0" // metadata.name
+		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+			env[e.Name] = "a key from a Secret"
 		default:
 			env[e.Name] = e.Value
 		}
@@ -139,7 +141,13 @@ func TestKubernetesManifests(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the manifest's environment does not parse: %v", err)
 	}
-	for _, s := range []string{"PORT", "GOSSIP_PORT", "REMOTE_PORT", "JOIN", "PUBLIC_ADDRESS", "DRAIN_TIMEOUT"} {
+	// The key locks the cluster; in a manifest it must come from a Secret.
+	for _, e := range c.Env {
+		if e.Name == "CLUSTER_KEY" && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+			t.Error("CLUSTER_KEY is not taken from a Secret")
+		}
+	}
+	for _, s := range []string{"PORT", "GOSSIP_PORT", "REMOTE_PORT", "JOIN", "PUBLIC_ADDRESS", "DRAIN_TIMEOUT", "CLUSTER_KEY"} {
 		if !cfg.IsSet(s) {
 			t.Errorf("the manifest does not set %s", s)
 		}
