@@ -40,6 +40,9 @@ type hostedChat struct {
 	req    *actors.ChatRequest
 	layout *actors.Layout
 	cancel context.CancelCauseFunc
+	// gateway is the remote address of the gateway's node: req.ReplyTo
+	// names the chat's relay once the chat runs.
+	gateway string
 }
 
 var errGatewayGone = errors.New("the gateway node went away")
@@ -82,7 +85,7 @@ func (h *host) start(req *actors.ChatRequest) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	hc := &hostedChat{req: req, layout: l, cancel: cancel}
+	hc := &hostedChat{req: req, layout: l, cancel: cancel, gateway: req.ReplyTo.GetAddress()}
 	h.mu.Lock()
 	if h.draining {
 		h.mu.Unlock()
@@ -174,7 +177,7 @@ func (h *host) gatewayGone(address string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, hc := range h.chats {
-		if hc.req.ReplyTo.GetAddress() == address {
+		if hc.gateway == address {
 			hc.cancel(errGatewayGone)
 		}
 	}
