@@ -60,3 +60,38 @@ func TestDrainPastItsTimeout(t *testing.T) {
 		t.Fatalf("exit %d after the drain and SIGTERM", code)
 	}
 }
+
+// The same for the chats other nodes' gateways sent: past DRAIN_TIMEOUT the
+// draining node cuts them, their gateway ends each with a short error, and
+// `troupe drain` names them.
+func TestDrainPastItsTimeoutWithChatsFromOtherNodes(t *testing.T) {
+	port := strconv.Itoa(freePort(t))
+	slow := writeTemp(t, "version: 1\nllm:\n  class: dummy\n  args: {content: \"0123456789\", delay: 1s}\n  concurrency: 2\n")
+	back := startMember(t, "node-back", slow, nil, "PORT", port, "DRAIN_TIMEOUT", "1s")
+	front := startMember(t, "node-front", writeTemp(t, "version: 1\nllm:\n  class: reflect\n"), back, "LLM_NAME", "front")
+	front.waitAlive(t, 2)
+
+	// test-llm runs only on node-back: the chat goes there.
+	resp, err := http.PostForm(front.url("/v1/completion"), url.Values{"input": {userInput("x")}, "name": {"test-llm"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || first[0] != '0' {
+		t.Fatalf("the chat through node-front: %q, %v", first, err)
+	}
+
+	code, out := probe(t, map[string]string{"PORT": port}, "drain")
+	if code != 1 || !strings.Contains(out, "chats from other nodes cancelled after DRAIN_TIMEOUT 1s") {
+		t.Fatalf("troupe drain past the timeout: exit %d, output:\n%s", code, out)
+	}
+	rest, err := io.ReadAll(resp.Body)
+	if a := string(first) + string(rest); err != nil || strings.HasSuffix(a, "9") || !strings.Contains(a, "[Error:") {
+		t.Fatalf("the chat cut on node-back answered %q (%v), want its start and a short error", a, err)
+	}
+	back.waitLog(t, "drain timed out; chats from other nodes were cancelled", 1)
+	if code := back.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("node-back exited %d after the drain and SIGTERM", code)
+	}
+}
