@@ -75,7 +75,6 @@ type trackedConn struct {
 	listed     bool // in l.waiting
 	serving    int  // handlers serving a request on it
 	hijacked   bool // taken over by the gateway, until served again
-	writeBound bool // a chat set a write deadline
 	closed     bool
 
 	gated *gated // in the gate; under the gate's mutex
@@ -321,6 +320,7 @@ func (l *connLimiter) handBack(c net.Conn, pending []byte) bool {
 	for ra, ok := c.(*readAhead); ok; ra, ok = ra.Conn.(*readAhead) {
 		pending = append(pending, ra.next...)
 	}
+	tc.writeBy.Store(0)
 	l.mu.Lock()
 	tc.hijacked = false
 	tc.phase.Store(phaseIdle)
@@ -348,16 +348,12 @@ func (c *trackedConn) receiving() {
 // serve marks the connection serving a request, which no new connection
 // may take its place from, until rest.
 func (c *trackedConn) serve() {
-	if c != nil {
-		c.mark(false)
+	if c == nil {
+		return
 	}
-}
-
-func (c *trackedConn) mark(writeBound bool) {
 	c.phase.Store(phaseServing)
 	c.l.mu.Lock()
 	c.serving++
-	c.writeBound = c.writeBound || writeBound
 	c.l.waiting.remove(c)
 	c.l.mu.Unlock()
 }
@@ -379,7 +375,7 @@ func (c *trackedConn) serveChat(chatTimeout time.Duration) {
 	by := time.Now().Add(chatTimeout + writeGrace)
 	c.writeBy.Store(by.UnixNano())
 	_ = c.SetWriteDeadline(by)
-	c.mark(true)
+	c.serve()
 }
 
 // rearm sets the chat's write deadline again on a connection taken over
@@ -402,9 +398,7 @@ func (c *trackedConn) rest() {
 	defer c.l.mu.Unlock()
 	c.serving--
 	if c.serving == 0 && !c.hijacked {
-		if c.writeBound {
-			c.writeBound = false
-			c.writeBy.Store(0)
+		if c.writeBy.Swap(0) != 0 {
 			_ = c.SetWriteDeadline(time.Time{})
 		}
 		c.phase.Store(phaseBody)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -30,9 +31,14 @@ type gate struct {
 	maxHead     int
 	ready       chan net.Conn // heads arrived whole, for Accept
 
+	// The epoll instance, in Go's own poller (as a file), so that its
+	// goroutine waits parked rather than in a system call: every byte of
+	// a client that sends one at a time wakes it.
+	epoll *os.File
+	epfd  int
+	wake  int // an eventfd that tells the goroutine to end
+
 	mu      sync.Mutex
-	epfd    int
-	wake    int // an eventfd that tells the goroutine to end
 	closed  bool
 	seq     int32
 	byFD    map[int32]*gated
@@ -82,6 +88,18 @@ func newGate(limits Limits, conns *connLimiter) *gate {
 		unix.Close(wake)
 		return nil
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil
+	}
+	epoll := os.NewFile(uintptr(epfd), "gate")
+	raw, err := epoll.SyscallConn()
+	if err != nil {
+		epoll.Close()
+		unix.Close(wake)
+		return nil
+	}
 	g := &gate{
 		conns:       conns,
 		headTimeout: limits.HeaderTimeout,
@@ -90,6 +108,7 @@ func newGate(limits Limits, conns *connLimiter) *gate {
 		// outgrows that goes to it, which answers 431 at once.
 		maxHead: int(limits.MaxHeaderBytes) + 4096 + 1,
 		ready:   make(chan net.Conn, 64),
+		epoll:   epoll,
 		epfd:    epfd,
 		wake:    wake,
 		byFD:    map[int32]*gated{},
@@ -98,7 +117,7 @@ func newGate(limits Limits, conns *connLimiter) *gate {
 	}
 	g.timer = time.AfterFunc(time.Hour, g.expire)
 	g.timer.Stop()
-	go g.wait()
+	go g.wait(raw)
 	return g
 }
 
@@ -266,16 +285,21 @@ func (g *gate) pass(e *gated) {
 
 // wait is the gate's goroutine: it reads the connections that have
 // something to read, and passes on those whose head arrived whole.
-func (g *gate) wait() {
+func (g *gate) wait(epoll syscall.RawConn) {
 	defer close(g.done)
 	events := make([]unix.EpollEvent, 128)
 	var whole []*gated
 	for {
-		n, err := unix.EpollWait(g.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
+		var n int
+		var werr error
+		err := epoll.Read(func(uintptr) bool {
+			n, werr = unix.EpollWait(g.epfd, events, 0)
+			return n > 0 || werr != nil // else wait, parked, for the instance to be readable
+		})
+		if errors.Is(werr, unix.EINTR) {
+			continue
+		}
+		if err != nil || werr != nil {
 			return
 		}
 		for _, ev := range events[:n] {
@@ -374,7 +398,7 @@ func (g *gate) close() {
 	_, _ = unix.Write(g.wake, one[:])
 	g.mu.Unlock()
 	<-g.done
-	unix.Close(g.epfd)
+	g.epoll.Close()
 	unix.Close(g.wake)
 	for _, e := range out {
 		_ = e.tc.Close()
