@@ -190,8 +190,13 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, _
 	}
 	conn.serveChat(s.cfg.ChatTimeout)
 	defer conn.rest()
-	s.serveChat(r, req, key, "", out)
+	s.serveChat(r, req, key, openaiSlot, out)
 }
+
+// openaiSlot is the endpoint slot the OpenAI API's chats are tracked under.
+// They come through none of the Agent's endpoints, so the Agent's abort must
+// never name it: "" is the first endpoint's, and slots are numbers.
+const openaiSlot = "openai"
 
 // overLimit refuses a request over a limit in OpenAI's form, with a code
 // a program can act on.
