@@ -18,9 +18,10 @@
 # iproute2: ss, which the listening-address test reads sockets with.
 # gcc, g++: cgo, to build Ollama (below).
 # graphviz: dot, which the layout graph test checks its DOT output with.
+# chromium: the headless browser the status page test renders the page with.
 # tcpdump: captures the node-to-node link, to show a locked one carries no
 # plaintext.
-DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2 gcc g++ graphviz tcpdump
+DEBIAN_PACKAGES := opencc manpages-zh gettext git iso-codes libc-l10n libglib2.0-data wget prometheus util-linux iproute2 gcc g++ graphviz tcpdump chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

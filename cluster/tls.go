@@ -214,7 +214,7 @@ func (c *Cluster) remoteOptions() ([]remote.ConfigOption, error) {
 	}
 	opts := c.guard.serverOptions()
 	if server == nil {
-		c.logger.Warn("the node-to-node link is open: unauthenticated and unencrypted; whoever reaches the remote port can run chats and read answers. Set CLUSTER_KEY (or TLS_CERT, TLS_KEY and TLS_CA) on every node to lock it",
+		c.logger.Warn("the node-to-node link is open: unauthenticated and unencrypted; whoever reaches the remote port can use this node and read what it sends. Set CLUSTER_KEY (or TLS_CERT, TLS_KEY and TLS_CA) on every node to lock it",
 			"remote", c.remoteAddress())
 		return []remote.ConfigOption{remote.WithServerOptions(opts...)}, nil
 	}
