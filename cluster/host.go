@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -46,6 +47,9 @@ type hostedChat struct {
 }
 
 var errGatewayGone = errors.New("the gateway node went away")
+
+// errShuttingDown cancels the chats a drain could not wait for.
+var errShuttingDown = errors.New("this node is shutting down")
 
 func startHost(system *actor.ActorSystem, layouts *actors.LayoutSet, logger *slog.Logger, m *metrics, onLoad func(*actors.NodeLoad)) *host {
 	h := &host{system: system, layouts: layouts, logger: logger, metrics: m, onLoad: onLoad, chats: map[string]*hostedChat{}, idle: make(chan struct{})}
@@ -155,6 +159,10 @@ func (h *host) run(ctx context.Context, hc *hostedChat) {
 	select {
 	case <-relay.done:
 	case <-ctx.Done():
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			// Its user is told why, not that it was cancelled.
+			relay.cancelled.Store("the node running this chat is shutting down")
+		}
 		h.system.Root.Send(hc.layout.Root, &actors.Cancel{ChatId: req.ChatId, Reason: context.Cause(ctx).Error()})
 		// The layout answers a cancelled chat promptly; the relay passes
 		// that on unless the gateway is gone.
@@ -206,7 +214,7 @@ func (h *host) wait(ctx context.Context) error {
 	}
 	h.mu.Lock()
 	for _, hc := range h.chats {
-		hc.cancel(errors.New("this node is shutting down"))
+		hc.cancel(errShuttingDown)
 	}
 	h.mu.Unlock()
 	<-h.idle
@@ -236,6 +244,9 @@ type relay struct {
 	// ending is the verdict of the chat's terminal message, set once
 	// before done is closed.
 	ending actors.Verdict
+	// cancelled is why this node cancelled the chat, when its gateway
+	// must hear that rather than the layout's "cancelled".
+	cancelled atomic.Value // string
 }
 
 func newRelay(system *actor.ActorSystem, chatID string, gateway *actor.PID, ended func()) *relay {
@@ -262,6 +273,9 @@ func (r *relay) SendUserMessage(_ *actor.PID, message any) {
 		defer r.finish(actors.VerdictSuccess)
 	case *actors.Failure:
 		m.ReplyTo = r.gateway
+		if why, _ := r.cancelled.Load().(string); why != "" && m.Code == actors.Code_CODE_CANCELED {
+			m.Reason = why
+		}
 		r.ended()
 		defer r.finish(actors.VerdictOf(m.Code))
 	default:
