@@ -148,7 +148,7 @@ func TestSoak(t *testing.T) {
 		m.waitAlive(t, 3)
 	}
 	client := newSoakClient(n1.process, n2.process)
-	defer client.close()
+	defer client.closeIdle()
 
 	// Warm-up: the same mix, a burst on each layout, then a chat from each
 	// gateway to each node, so that every connection, pool worker and

@@ -145,8 +145,6 @@ func newSoakClient(gateways ...*process) *soakClient {
 // of goroutines then has none serving them.
 func (c *soakClient) closeIdle() { c.http.CloseIdleConnections() }
 
-func (c *soakClient) close() { c.closeIdle() }
-
 // chat sends one chat and reads its answer as spec says.
 func (c *soakClient) chat(ctx context.Context, spec chatSpec) chatRecord {
 	rec := chatRecord{spec: spec, sent: time.Now(), class: seenBroken}
