@@ -449,9 +449,10 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	}
 }
 
-// streamChat starts a chat on a connection of its own and reads its first
-// chunk: the chat streams, taken over from net/http.
-func streamChat(t *testing.T, n *node, text string) (*http.Response, *bufio.Reader) {
+// streamChat starts a chat on a connection of its own, with a transport of
+// its own, and reads its first chunk: the chat streams, taken over from
+// net/http.
+func streamChat(t *testing.T, n *node, text string) (*http.Response, *bufio.Reader, *http.Transport) {
 	t.Helper()
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -471,7 +472,7 @@ func streamChat(t *testing.T, n *node, text string) (*http.Response, *bufio.Read
 	case <-time.After(10 * time.Second):
 		t.Fatal("the streaming answer's connection was not taken over")
 	}
-	return resp, r
+	return resp, r, tr
 }
 
 // At MAX_CONNECTIONS, a new connection is refused with a short 503 while
@@ -483,8 +484,8 @@ func TestConnectionLimit(t *testing.T) {
 	n := startNodeWith(t, actors.PipelineSpec{Model: modelOf(g, 4, 4)}, func(c *gateway.Config) {
 		c.Limits = gateway.Limits{MaxConnections: 2}
 	})
-	respA, a := streamChat(t, n, "a")
-	respB, b := streamChat(t, n, "b")
+	respA, a, trA := streamChat(t, n, "a")
+	respB, b, trB := streamChat(t, n, "b")
 	if serving, waiting := n.connections(); serving != 2 || waiting != 0 {
 		t.Fatalf("connections: %d serving, %d waiting; want the two streams serving", serving, waiting)
 	}
@@ -533,7 +534,11 @@ func TestConnectionLimit(t *testing.T) {
 	if got := metric(t, n.reg, "troupe_http_connections_reclaimed_total", "", ""); got < 1 {
 		t.Fatalf("troupe_http_connections_reclaimed_total = %v, want at least 1", got)
 	}
+	// Every place comes back once the clients close their connections.
 	http.DefaultClient.CloseIdleConnections()
+	trA.CloseIdleConnections()
+	trB.CloseIdleConnections()
+	waitFor(t, func() bool { s, w := n.connections(); return s+w == 0 }, "every connection closed and counted out")
 }
 
 // Slow clients at the limit cannot shut out a chat: the connection that has
