@@ -110,11 +110,6 @@ func newTextAnswer(w http.ResponseWriter, r *http.Request, chatID string, maxByt
 	return a
 }
 
-func flusherOf(w http.ResponseWriter) http.Flusher {
-	f, _ := w.(http.Flusher)
-	return f
-}
-
 func (c *textAnswer) start(status int) {
 	if !c.markStarted() {
 		return

@@ -180,13 +180,18 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, _
 	}
 	out := &openaiAnswer{
 		answerState: answerState{chatID: req.ChatId, room: answerRoom{left: limits.MaxAnswerBytes, limit: limits.MaxAnswerBytes}},
-		w:           w,
-		flusher:     flusherOf(w),
 		stream:      cr.Stream,
 		usage:       cr.StreamOptions != nil && cr.StreamOptions.IncludeUsage,
 		model:       cr.Model,
 		id:          "chatcmpl-" + req.ChatId,
 		created:     time.Now().Unix(),
+	}
+	out.tw.init(w, r)
+	out.w, out.flusher = &out.tw, &out.tw
+	if out.tw.able && cr.Stream {
+		// A stream may run for minutes: it goes on without its handler,
+		// as the Agent API's do. A whole answer is written at once.
+		out.conn = &out.tw
 	}
 	conn.serveChat(s.cfg.ChatTimeout)
 	defer conn.rest()
@@ -223,6 +228,7 @@ type openaiAnswer struct {
 	answerState
 	w       http.ResponseWriter
 	flusher http.Flusher
+	tw      takeoverWriter
 	stream  bool
 	usage   bool // stream_options.include_usage
 	model   string
