@@ -189,7 +189,7 @@ func (l *limitListener) accept() {
 			}
 		}
 		if tc := l.admit(c); tc != nil {
-			l.gate.add(tc, nil, false)
+			l.gate.add(tc, nil)
 		}
 	}
 }
@@ -326,7 +326,7 @@ func (l *connLimiter) handBack(c net.Conn, pending []byte) bool {
 	tc.phase.Store(phaseIdle)
 	l.wait(tc)
 	l.mu.Unlock()
-	l.gate.add(tc, pending, true)
+	l.gate.add(tc, pending)
 	return true
 }
 

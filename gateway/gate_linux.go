@@ -20,8 +20,8 @@ import (
 // it waits for a head; one here holds a place in an epoll instance and the
 // bytes of the head so far. So clients that connect and send nothing, or a
 // head a byte at a time, cost the node a few hundred bytes each until their
-// time runs out (HeaderTimeout; IdleTimeout for a kept-alive connection
-// before its next request's first byte), not 20 KiB. One goroutine reads
+// time runs out (IdleTimeout before a request's first byte, HeaderTimeout
+// from there), not 20 KiB. One goroutine reads
 // every connection that has something to read, and one timer closes the
 // connections whose time ran out.
 type gate struct {
@@ -53,11 +53,17 @@ type gate struct {
 // mutex, but for head: only whoever reads the connection (add, then the
 // gate's goroutine) touches it.
 type gated struct {
-	tc       *trackedConn
-	raw      syscall.RawConn
-	fd, seq  int32
-	head     []byte
-	kept     bool // handed back after a stream, no byte of the next request yet
+	tc      *trackedConn
+	raw     syscall.RawConn
+	fd, seq int32
+	head    []byte
+	// kept is set while no byte of a request has come: a connection
+	// waits for its first request, or its next one, as long as a
+	// kept-alive connection may (IdleTimeout); the head's own time
+	// (HeaderTimeout) starts at its first byte. A client's pool dials
+	// connections it may not use for a while, and a POST it sends just
+	// as the node closes one fails with nothing to retry.
+	kept     bool
 	deadline time.Time
 	list     *gatedList
 	prev     *gated
@@ -121,15 +127,15 @@ func newGate(limits Limits, conns *connLimiter) *gate {
 	return g
 }
 
-// add holds a connection until a request's head has arrived whole; head is
-// what came of it already. kept says it is handed back after a stream.
-func (g *gate) add(tc *trackedConn, head []byte, kept bool) {
+// add holds a connection, new or handed back after a stream, until a
+// request's head has arrived whole; head is what came of it already.
+func (g *gate) add(tc *trackedConn, head []byte) {
 	raw, err := tc.SyscallConn()
 	if err != nil {
 		g.pass(&gated{tc: tc, head: head})
 		return
 	}
-	e := &gated{tc: tc, raw: raw, head: head, kept: kept && len(head) == 0}
+	e := &gated{tc: tc, raw: raw, head: head}
 	// Most clients send their request as soon as they connect: it is
 	// often here already.
 	if len(head) > 0 && g.whole(e.head, 0) {
@@ -161,6 +167,8 @@ func (g *gate) add(tc *trackedConn, head []byte, kept bool) {
 	}
 	g.byFD[e.fd] = e
 	tc.gated = e
+	// The read above may have brought a head's first bytes.
+	e.kept = len(e.head) == 0
 	g.hold(e, time.Now())
 	g.mu.Unlock()
 }

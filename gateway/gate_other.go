@@ -12,6 +12,6 @@ type gated struct{}
 
 func newGate(Limits, *connLimiter) *gate { return nil }
 
-func (*gate) add(*trackedConn, []byte, bool) {}
-func (*gate) forget(*trackedConn)            {}
-func (*gate) close()                         {}
+func (*gate) add(*trackedConn, []byte) {}
+func (*gate) forget(*trackedConn)      {}
+func (*gate) close()                   {}

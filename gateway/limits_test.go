@@ -439,7 +439,13 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	if got := closedWithin(t, bigHead, bound, "a head too large"); !strings.HasPrefix(got, "HTTP/1.1 431 ") {
 		t.Errorf("a head too large was answered %q", got)
 	}
-	for limit, want := range map[string]float64{"header_timeout": 2, "body_timeout": 1, "idle_timeout": 1, "header_size": 1} {
+	want := map[string]float64{"header_timeout": 1, "body_timeout": 1, "idle_timeout": 2, "header_size": 1}
+	if runtime.GOOS != "linux" {
+		// Without the gate, net/http gives a new connection its head's
+		// time from the start.
+		want["header_timeout"], want["idle_timeout"] = 2, 1
+	}
+	for limit, want := range want {
 		if got := n.limitHits(limit); got != want {
 			t.Errorf("troupe_limit_hits_total{limit=%q} = %v, want %v", limit, got, want)
 		}
