@@ -151,8 +151,8 @@ func TestSoak(t *testing.T) {
 	defer client.closeIdle()
 
 	// Warm-up: the same mix, a burst on each layout, then a chat from each
-	// gateway to each node, so that every connection, pool worker and
-	// series the run uses exists before the baselines.
+	// gateway to each node, so that every connection and series the run
+	// uses exists before the baselines.
 	seed := rand.Uint64()
 	t.Logf("soak seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
@@ -173,7 +173,8 @@ func TestSoak(t *testing.T) {
 	}
 	base := settleNodes(t, client, nodes)
 	for i, m := range nodes {
-		base[i].goroutines = fewestGoroutines(t, m.process)
+		freshLayouts(t, m)
+		base[i].goroutines = restingGoroutines(t, m.process)
 	}
 	before := []gatewayCounters{scrapeCounters(t, n1.process), scrapeCounters(t, n2.process)}
 	logFrom := []int{len(n1.stderr.String()), len(n2.stderr.String())}
@@ -242,6 +243,7 @@ func TestSoak(t *testing.T) {
 	settled := settleNodes(t, client, nodes)
 	var report []string
 	for i, m := range nodes {
+		freshLayouts(t, m)
 		got := backToBaseline(t, m, base[i], settled[i])
 		report = append(report, fmt.Sprintf("%s goroutines %d→%d heap %s→%s rss %s→%s", m.name,
 			int(base[i].goroutines), int(got.goroutines), mibs(base[i].heap), mibs(got.heap), mibs(base[i].rss), mibs(got.rss)))

@@ -10,6 +10,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
@@ -128,7 +129,14 @@ const abortSlots = 16
 
 func newSoakClient(gateways ...*process) *soakClient {
 	c := &soakClient{
-		http:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: soakClients}},
+		http: &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost: soakClients,
+			// Shorter than HEADER_TIMEOUT (10 s), which is all a node gives
+			// a connection before its first request: the transport dials
+			// connections it may end up not using and keeps them idle, and
+			// one reused as the node closes it fails its POST with EOF.
+			IdleConnTimeout: 5 * time.Second,
+		}},
 		gateways: gateways,
 	}
 	for range gateways {
@@ -165,9 +173,18 @@ func (c *soakClient) chat(ctx context.Context, spec chatSpec) chatRecord {
 		rec.why = err.Error()
 		return rec
 	}
+	// A request that fails says on what connection: a kept-alive one the
+	// node closed under it, or a new one.
+	var conn httptrace.GotConnInfo
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { conn = info },
+	}))
 	resp, err := c.http.Do(req)
 	if err != nil {
 		rec.why = "request: " + err.Error()
+		if conn.Conn != nil {
+			rec.why = fmt.Sprintf("request on the connection from %v (reused %v, idle for %v): %v", conn.Conn.LocalAddr(), conn.Reused, conn.IdleTime, err)
+		}
 		return rec
 	}
 	defer resp.Body.Close()
@@ -346,9 +363,9 @@ func (c *soakClient) reach(t *testing.T, gateway int, node string) {
 }
 
 // burst sends n chats of a layout at once, spread over both gateways and
-// all nodes: the warm-up's way to have every layout's worker pool start
-// all the goroutines it keeps, as the run would. Their answers need only
-// be proper ones.
+// all nodes: the warm-up's way to grow what a node sizes to its busiest
+// moment (queues, maps, connections) as the run will. Their answers need
+// only be proper ones.
 func (c *soakClient) burst(t *testing.T, layout string, n int) {
 	t.Helper()
 	recs := make([]chatRecord, n)

@@ -265,22 +265,45 @@ type nodeFigures struct {
 	goroutines, heap, rss float64
 }
 
+// freshLayouts has a node reload its layout file (SIGHUP), which replaces
+// every layout with a fresh one and stops the old one. A layout's actors
+// run on worker goroutines it starts as its mailboxes need them and keeps
+// until it stops, so how many a node holds at rest depends on how busy it
+// has been; with fresh layouts it holds none, and its goroutines can be
+// counted exactly before and after the run.
+func freshLayouts(t *testing.T, m *member) {
+	t.Helper()
+	const ok = `troupe_layout_reloads_total{result="ok"}`
+	before := mustScrapeNode(t, m.process).sum(ok)
+	m.hup(t)
+	if !pollUntil(30*time.Second, func() bool {
+		s, err := scrapeNode(m.process)
+		return err == nil && s.sum(ok) > before
+	}) {
+		t.Fatalf("%s did not reload its layouts", m.name)
+	}
+}
+
 func goroutinesOf(t *testing.T, p *process) float64 {
 	t.Helper()
 	return mustScrapeNode(t, p).sum("go_goroutines")
 }
 
-// fewestGoroutines is a node's baseline: the fewest goroutines it runs
-// over a second of rest, so that one that only passes by (a gossip probe,
-// a timer's function) is not counted in.
-func fewestGoroutines(t *testing.T, p *process) float64 {
+// restingGoroutines is how many goroutines a node runs at rest: the median
+// of eleven counts over a second. At rest the count is not still: a gossip
+// probe, a timer's function or a connection's goroutines come and go, one
+// or two at a time, now and then one fewer; the median is what stays.
+func restingGoroutines(t *testing.T, p *process) float64 {
 	t.Helper()
-	fewest := goroutinesOf(t, p)
-	for range 10 {
-		time.Sleep(100 * time.Millisecond)
-		fewest = min(fewest, goroutinesOf(t, p))
+	counts := make([]float64, 11)
+	for i := range counts {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		counts[i] = goroutinesOf(t, p)
 	}
-	return fewest
+	slices.Sort(counts)
+	return counts[len(counts)/2]
 }
 
 // soakHeapMargin is how far above its baseline a node's heap may settle
@@ -299,7 +322,7 @@ const soakHeapMargin = 0.1
 func backToBaseline(t *testing.T, m *member, base, got nodeFigures) nodeFigures {
 	t.Helper()
 	if !pollUntil(30*time.Second, func() bool {
-		got.goroutines = goroutinesOf(t, m.process)
+		got.goroutines = restingGoroutines(t, m.process)
 		return got.goroutines <= base.goroutines
 	}) {
 		t.Errorf("%s has %v goroutines, %v more than its baseline of %v; its goroutines:\n%s",
