@@ -164,8 +164,12 @@ func TestStreamsMemory(t *testing.T) {
 		t.Skip("holds 1000 connections for a few seconds")
 	}
 	const n = 1000
-	content := strings.Repeat("我是一个假模型，一次回答一个字。", 14)[:600] // 200 runes
-	src := fmt.Sprintf("version: 1\nllm:\n  class: dummy\n  args: {content: %q, delay: 50ms}\n  concurrency: 2048\n  queue: 2048\n"+
+	// 200 runes half a second apart: every stream still runs when it is
+	// measured, however slow a busy machine makes the set-up (at 50 ms a
+	// rune, the first streams had ended by then in a loaded CI run, their
+	// answers waiting in memory for clients that read one byte).
+	content := strings.Repeat("我是一个假模型，一次回答一个字。", 14)[:600]
+	src := fmt.Sprintf("version: 1\nllm:\n  class: dummy\n  args: {content: %q, delay: 500ms}\n  concurrency: 2048\n  queue: 2048\n"+
 		"ingress-filters:\n  - class: opencc\n    args: {config: s2twp}\negress-filters:\n  - class: opencc\n    args: {config: s2twp}\n", content)
 	gw := startNode(t, []byte(src))
 	srv := httptest.NewServer(gw.Handler())
