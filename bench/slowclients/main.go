@@ -144,7 +144,7 @@ func run(ctx context.Context, o options, taskset string) error {
 			return err
 		}
 		r, err := measure(ctx, o, n, m)
-		n.stop()
+		n.Stop()
 		if err != nil {
 			return fmt.Errorf("%s clients: %w", m, err)
 		}

@@ -45,7 +45,7 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 		return nil, err
 	}
 	var err error
-	if r.idleRSS, err = proc.RSS(n.pid); err != nil {
+	if r.idleRSS, err = proc.RSS(n.Pid); err != nil {
 		return nil, err
 	}
 	if r.idleGo, err = n.scrape(); err != nil {
@@ -98,13 +98,13 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 		return nil, err
 	}
 	connects0, cutOff0, refused0, dialErrs0 := a.connects.Load(), a.cutOff.Load(), a.refused.Load(), a.dialErrs.Load()
-	cpu0, _ := proc.CPUTime(n.pid)
+	cpu0, _ := proc.CPUTime(n.Pid)
 	busy0, _ := proc.CPUBusy(nodeCPU)
 	ch.record.Store(r.with)
 	from := time.Now()
 	to := from.Add(o.hold)
 	for t := from; t.Before(to); t = time.Now() {
-		if rss, err := proc.RSS(n.pid); err == nil {
+		if rss, err := proc.RSS(n.Pid); err == nil {
 			r.heldRSS = max(r.heldRSS, rss)
 		}
 		if r.heldGo == nil && t.Sub(from) >= o.hold/2 {
@@ -118,7 +118,7 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 		}
 	}
 	ch.record.Store(nil)
-	cpu1, _ := proc.CPUTime(n.pid)
+	cpu1, _ := proc.CPUTime(n.Pid)
 	busy1, _ := proc.CPUBusy(nodeCPU)
 	r.cpu = cpu1 - cpu0
 	r.others = max(0, busy1-busy0-r.cpu)
@@ -141,10 +141,10 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 	if err := sleep(ctx, 2*time.Second); err != nil {
 		return nil, err
 	}
-	if r.afterRSS, err = proc.RSS(n.pid); err != nil {
+	if r.afterRSS, err = proc.RSS(n.Pid); err != nil {
 		return nil, err
 	}
-	return r, n.alive()
+	return r, n.Alive()
 }
 
 // chatRequest is a chat on a connection of its own.

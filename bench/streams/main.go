@@ -123,7 +123,7 @@ func run(ctx context.Context, o options, taskset string) error {
 	if err != nil {
 		return err
 	}
-	defer n.stop()
+	defer n.Stop()
 
 	m := proc.MachineFacts(runtime.Version())
 	rep := &report{o: o, machine: m, chunks: chunks, command: "go run ./bench/streams " + strings.Join(os.Args[1:], " "),

@@ -24,7 +24,7 @@ func (w *window) get() (time.Time, time.Time) {
 // settle, samples the node's memory over the hold while every chat
 // streams, then reads every answer to its end and checks it.
 func measure(ctx context.Context, o options, n *node, chunks int, rep *report) error {
-	host := strings.TrimPrefix(n.base, "http://")
+	host := strings.TrimPrefix(n.Base, "http://")
 	req := request(host)
 
 	if err := waitQuiet(ctx, o.quiet); err != nil {
@@ -45,7 +45,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 		return err
 	}
 	var err error
-	if rep.idleRSS, err = proc.RSS(n.pid); err != nil {
+	if rep.idleRSS, err = proc.RSS(n.Pid); err != nil {
 		return err
 	}
 	if rep.idleGo, err = n.goStats(); err != nil {
@@ -111,11 +111,11 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 	to := from.Add(o.hold)
 	win.from.Store(from.UnixNano())
 	win.to.Store(to.UnixNano())
-	cpu0, _ := proc.CPUTime(n.pid)
+	cpu0, _ := proc.CPUTime(n.Pid)
 	busy0, _ := proc.CPUBusy(nodeCPU)
 	self0, _ := proc.CPUTime(os.Getpid())
 	for t := time.Now(); t.Before(to); t = time.Now() {
-		if rss, err := proc.RSS(n.pid); err == nil {
+		if rss, err := proc.RSS(n.Pid); err == nil {
 			rep.heldRSS = max(rep.heldRSS, rss)
 			if o.trace {
 				g, _ := n.goStats()
@@ -139,7 +139,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 			return err
 		}
 	}
-	cpu1, _ := proc.CPUTime(n.pid)
+	cpu1, _ := proc.CPUTime(n.Pid)
 	busy1, _ := proc.CPUBusy(nodeCPU)
 	self1, _ := proc.CPUTime(os.Getpid())
 	rep.cpu = cpu1 - cpu0
@@ -148,7 +148,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 
 	fmt.Fprintln(os.Stderr, "reading the answers to their end...")
 	wg.Wait()
-	if err := n.alive(); err != nil {
+	if err := n.Alive(); err != nil {
 		return err
 	}
 	for _, d := range all {

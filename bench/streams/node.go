@@ -2,17 +2,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/troupe-llm/troupe/bench/internal/proc"
@@ -20,15 +15,9 @@ import (
 
 // node is the node process under test.
 type node struct {
-	pid    int
-	url    string // the chat endpoint
-	base   string // http://host:port
-	cmd    *exec.Cmd
-	out    *output
-	exited chan struct{}
+	*proc.Node
+	url string // the chat endpoint
 }
-
-var servingLine = regexp.MustCompile(`on (http://\S+)(/v1/completion)`)
 
 // startNode starts the node on nodeCPU (when taskset is there) with
 // GOMAXPROCS=1, and waits until it serves.
@@ -37,8 +26,7 @@ func startNode(ctx context.Context, o options, taskset, layout string, chatTimeo
 	if taskset != "" && os.Getenv(pinnedEnv) != "" {
 		args = []string{taskset, "-c", nodeCPU, o.node}
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = []string{
+	n, err := proc.StartNode(ctx, args, []string{
 		"PATH=" + os.Getenv("PATH"),
 		"GOMAXPROCS=1",
 		"IGNORE_AGENT=1",
@@ -50,50 +38,11 @@ func startNode(ctx context.Context, o options, taskset, layout string, chatTimeo
 		// Every stream is a connection, and so is a scrape of /metrics.
 		"MAX_CONNECTIONS=" + strconv.Itoa(o.streams+1024),
 		"DRAIN_TIMEOUT=1s",
-	}
-	out := &output{}
-	watcher := proc.NewWatcher(out, servingLine)
-	cmd.Stdout, cmd.Stderr = watcher, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	n := &node{pid: cmd.Process.Pid, cmd: cmd, out: out, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(n.exited)
-	}()
-	timer := time.NewTimer(30 * time.Second)
-	defer timer.Stop()
-	select {
-	case base := <-watcher.Found():
-		n.base = base
-		n.url = base + "/v1/completion"
-		return n, nil
-	case <-n.exited:
-		return nil, fmt.Errorf("the node exited before serving; its output:\n%s", out.tail())
-	case <-timer.C:
-		n.stop()
-		return nil, fmt.Errorf("the node did not serve within 30s; its output:\n%s", out.tail())
-	case <-ctx.Done():
-		n.stop()
-		return nil, ctx.Err()
-	}
-}
-
-// stop kills the node and waits for it.
-func (n *node) stop() {
-	_ = syscall.Kill(n.pid, syscall.SIGKILL)
-	<-n.exited
-}
-
-func (n *node) alive() error {
-	select {
-	case <-n.exited:
-		return fmt.Errorf("the node exited; its output:\n%s", n.out.tail())
-	default:
-		return nil
-	}
+	return &node{Node: n, url: n.Base + "/v1/completion"}, nil
 }
 
 var scrapeClient = &http.Client{Timeout: 5 * time.Second}
@@ -104,7 +53,7 @@ type goStats struct {
 }
 
 func (n *node) goStats() (goStats, error) {
-	resp, err := scrapeClient.Get(n.base + "/metrics")
+	resp, err := scrapeClient.Get(n.Base + "/metrics")
 	if err != nil {
 		return goStats{}, err
 	}
@@ -128,29 +77,4 @@ func (n *node) goStats() (goStats, error) {
 		}
 	}
 	return st, s.Err()
-}
-
-// output keeps the node's output, up to 1 MiB.
-type output struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.buf.Len() < 1<<20 {
-		o.buf.Write(p)
-	}
-	return len(p), nil
-}
-
-func (o *output) tail() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	s := o.buf.String()
-	if len(s) > 4096 {
-		s = "..." + s[len(s)-4096:]
-	}
-	return s
 }
