@@ -245,8 +245,9 @@ func TestSoak(t *testing.T) {
 	for i, m := range nodes {
 		freshLayouts(t, m)
 		got := backToBaseline(t, m, base[i], settled[i])
-		report = append(report, fmt.Sprintf("%s goroutines %d→%d heap %s→%s rss %s→%s", m.name,
-			int(base[i].goroutines), int(got.goroutines), mibs(base[i].heap), mibs(got.heap), mibs(base[i].rss), mibs(got.rss)))
+		report = append(report, fmt.Sprintf("%s goroutines %d→%d heap %s→%s (live %s→%s) rss %s→%s", m.name,
+			int(base[i].goroutines), int(got.goroutines), mibs(base[i].heap), mibs(got.heap),
+			mibs(base[i].live), mibs(got.live), mibs(base[i].rss), mibs(got.rss)))
 	}
 	t.Logf("soak: %d chats in %v (%.0f/s), node 3 killed %d× (%d chats of healthy layouts cut); clients saw %s; %s",
 		len(run.records), run.took.Round(time.Second), float64(len(run.records))/run.took.Seconds(), len(restarts), cut,
