@@ -61,7 +61,7 @@ const (
 	longHistory          // 413 over MAX_HISTORY_MESSAGES, {reason="history_messages"}
 )
 
-// class is how a chat ended, as its client saw it.
+// endClass is how a chat ended, as its client saw it.
 type endClass int
 
 const (
@@ -106,7 +106,7 @@ func (r chatRecord) String() string {
 		r.spec.n, r.spec.layout, r.spec.api, r.spec.gateway+1, r.chatID, r.node, r.class, r.status, r.why)
 }
 
-// chatWait is how long a client waits for a whole answer: far past
+// soakChatWait is how long a client waits for a whole answer: far past
 // CHAT_TIMEOUT, so that a chat that reaches it was never ended.
 const soakChatWait = 30 * time.Second
 

@@ -16,11 +16,11 @@ import (
 	"time"
 )
 
-// scraper reads the nodes' /metrics and /status.json on a connection per
+// soakScraper reads the nodes' /metrics and /status.json on a connection per
 // request: a kept-alive one would hold a goroutine in the node it counts.
 var soakScraper = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 
-// series is one scrape of a node's /metrics: each series (name and labels
+// scraped is one scrape of a node's /metrics: each series (name and labels
 // as written) with its value.
 type scraped map[string]float64
 
@@ -83,7 +83,7 @@ func allOf[T any](xs []T, f func(T) bool) bool {
 	return true
 }
 
-// counters are the gateway's counters the soak checks, from one scrape.
+// gatewayCounters are the gateway's counters the soak checks, from one scrape.
 type gatewayCounters struct {
 	chats   map[[2]string]float64 // troupe_chats_total by layout and outcome
 	bad     map[string]float64    // troupe_chat_bad_requests_total by reason
@@ -108,7 +108,7 @@ func scrapeCounters(t *testing.T, p *process) gatewayCounters {
 	return c
 }
 
-// label returns a label's value in a series as /metrics writes it.
+// labelOf returns a label's value in a series as /metrics writes it.
 func labelOf(scraped, name string) string {
 	_, rest, ok := strings.Cut(scraped, name+`="`)
 	if !ok {
@@ -118,7 +118,7 @@ func labelOf(scraped, name string) string {
 	return v
 }
 
-// delta is what the counters of both gateways grew by between two scrapes
+// counterGrowth is what the counters of both gateways grew by between two scrapes
 // each.
 type counterGrowth struct {
 	chats  map[[2]string]int
@@ -155,7 +155,7 @@ func (d counterGrowth) outcome(outcome string, layouts ...string) int {
 	return n
 }
 
-// quiesce waits until a node runs no chat: none in its gateway, none in
+// quiesceNode waits until a node runs no chat: none in its gateway, none in
 // any layout or model, none waiting for a place.
 func quiesceNode(t *testing.T, m *member) {
 	t.Helper()
@@ -195,7 +195,7 @@ func gatewayInFlight(p *process) (gatewayStatus, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// eventually polls cond until it holds or d has passed.
+// pollUntil polls cond until it holds or d has passed.
 func pollUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -365,7 +365,7 @@ type loggedEnd struct {
 	outcome string
 }
 
-// waitEnds waits until the gateways have logged the end of every chat
+// waitLoggedEnds waits until the gateways have logged the end of every chat
 // whose client learnt its id (a client who left does not wait for it),
 // and returns the ends logged since from; a chat logged twice is an error.
 func waitLoggedEnds(t *testing.T, run *ledger, gateways []*member, from []int) map[string]loggedEnd {
@@ -401,7 +401,7 @@ func waitLoggedEnds(t *testing.T, run *ledger, gateways []*member, from []int) m
 	return ends
 }
 
-// checkEnds matches every chat's end as its client saw it with the one its
+// checkLoggedEnds matches every chat's end as its client saw it with the one its
 // gateway logged: each chat with an id ended exactly once, as its client
 // saw, and no gateway logged a chat no client sent.
 func checkLoggedEnds(t *testing.T, run *ledger, ends map[string]loggedEnd) {
