@@ -129,14 +129,9 @@ const abortSlots = 16
 
 func newSoakClient(gateways ...*process) *soakClient {
 	c := &soakClient{
-		http: &http.Client{Transport: &http.Transport{
-			MaxIdleConnsPerHost: soakClients,
-			// Shorter than HEADER_TIMEOUT (10 s), which is all a node gives
-			// a connection before its first request: the transport dials
-			// connections it may end up not using and keeps them idle, and
-			// one reused as the node closes it fails its POST with EOF.
-			IdleConnTimeout: 5 * time.Second,
-		}},
+		// Go's own idle timeout (90 s), under the node's IDLE_TIMEOUT, which
+		// a connection the transport dialled and kept unused gets too.
+		http:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: soakClients}},
 		gateways: gateways,
 	}
 	for range gateways {
