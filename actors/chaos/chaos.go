@@ -105,15 +105,32 @@ type Model struct {
 	crashesYet int
 }
 
+// instances counts the instances made with each seed in this process. The
+// k-th draws from stream k of its seed: a run is repeated draw for draw,
+// while an instance restarted after a panic draws anew rather than replaying
+// its predecessor's draws (which would make a seeded panic come back every
+// few chats, whatever its probability).
+var instances struct {
+	sync.Mutex
+	bySeed map[uint64]uint64
+}
+
 // New returns a chaos model.
 func New(a Args) (actors.Model, error) {
 	seed := a.Seed
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
+	instances.Lock()
+	if instances.bySeed == nil {
+		instances.bySeed = map[uint64]uint64{}
+	}
+	k := instances.bySeed[seed]
+	instances.bySeed[seed] = k + 1
+	instances.Unlock()
 	d, _ := time.ParseDuration(a.Delay)
 	s, _ := time.ParseDuration(a.SlowDelay)
-	return &Model{args: a, delay: d, slowDelay: s, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}, nil
+	return &Model{args: a, delay: d, slowDelay: s, rng: rand.New(rand.NewPCG(seed, k^0x9e3779b97f4a7c15))}, nil
 }
 
 func (m *Model) draw() fate {

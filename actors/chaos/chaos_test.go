@@ -82,6 +82,9 @@ func TestHangEndsWithContext(t *testing.T) {
 }
 
 // The draws are repeatable with a seed, and follow the probabilities.
+// A seed repeats a run draw for draw: the first instance of a seed draws
+// the same in every run, and so does the second; an instance restarted
+// draws anew, not its predecessor's draws again.
 func TestSeededDraws(t *testing.T) {
 	args := actors.Args{"content": "x", "delay": "0s", "error": 0.3, "seed": 42}
 	outcomes := func() string {
@@ -96,11 +99,24 @@ func TestSeededDraws(t *testing.T) {
 		}
 		return b.String()
 	}
-	a, b := outcomes(), outcomes()
-	if a != b {
-		t.Fatal("the same seed drew differently")
+	newRun := func() {
+		instances.Lock()
+		instances.bySeed = nil
+		instances.Unlock()
 	}
-	if n := strings.Count(a, "E"); n < 240 || n > 360 {
+	newRun()
+	first, restarted := outcomes(), outcomes()
+	newRun()
+	if again := outcomes(); again != first {
+		t.Fatal("the same seed drew differently in a second run")
+	}
+	if again := outcomes(); again != restarted {
+		t.Fatal("the second instance of a seed drew differently in a second run")
+	}
+	if first == restarted {
+		t.Fatal("a restarted instance drew its predecessor's draws again")
+	}
+	if n := strings.Count(first, "E"); n < 240 || n > 360 {
 		t.Fatalf("%d errors in 1000 draws at p=0.3", n)
 	}
 }
