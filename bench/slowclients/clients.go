@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/troupe-llm/troupe/bench/internal/proc"
 )
 
 // mode is how a slow client holds its connection.
@@ -53,7 +55,7 @@ func (a *attackers) client(ctx context.Context) {
 		c, err := net.DialTimeout("tcp", a.addr, 5*time.Second)
 		if err != nil {
 			a.dialErrs.Add(1)
-			if sleep(ctx, 100*time.Millisecond) != nil {
+			if proc.Sleep(ctx, 100*time.Millisecond) != nil {
 				return
 			}
 			continue
@@ -172,7 +174,7 @@ func (c *chatters) run(ctx context.Context) {
 		if l := c.record.Load(); l != nil {
 			l.add(time.Since(start), err)
 		}
-		if sleep(ctx, c.pause) != nil {
+		if proc.Sleep(ctx, c.pause) != nil {
 			return
 		}
 	}
@@ -202,15 +204,4 @@ func chat(addr string, req []byte) error {
 		return fmt.Errorf("answer %d %q", resp.StatusCode, body)
 	}
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -82,7 +82,7 @@ func main() {
 	}
 	taskset, err := exec.LookPath("taskset")
 	if err == nil && os.Getenv(pinnedEnv) == "" && runtime.NumCPU() >= 2 {
-		fail(reexecPinned(taskset))
+		fail(proc.ReexecPinned(taskset, clientCPU, pinnedEnv))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
@@ -99,21 +99,10 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// reexecPinned replaces the process with itself under taskset, so that
-// every thread of the clients runs on clientCPU.
-func reexecPinned(taskset string) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	args := append([]string{"taskset", "-c", clientCPU, self}, os.Args[1:]...)
-	return fmt.Errorf("re-executing under taskset: %w", syscall.Exec(taskset, args, append(os.Environ(), pinnedEnv+"=1")))
-}
-
 func run(ctx context.Context, o options, taskset string) error {
 	// Each client is a connection in each process; the node inherits the
 	// limit.
-	if err := raiseFileLimit(o.clients + o.chatters + 1024); err != nil {
+	if err := proc.RaiseFileLimit(o.clients+o.chatters+1024, fmt.Sprintf("%d clients (-clients, -chatters)", o.clients+o.chatters)); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "troupe-slowclients")
@@ -159,20 +148,4 @@ func run(ctx context.Context, o options, taskset string) error {
 		fmt.Fprintln(os.Stderr, "wrote", o.out)
 	}
 	return nil
-}
-
-// raiseFileLimit makes room for the clients' connections.
-func raiseFileLimit(need int) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur >= uint64(need) {
-		return nil
-	}
-	if lim.Max < uint64(need) {
-		return fmt.Errorf("open files are limited to %d; %d clients need %d (raise ulimit -Hn, or lower -clients)", lim.Max, need-1024, need)
-	}
-	lim.Cur = uint64(need)
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }

@@ -31,7 +31,7 @@ type runResult struct {
 // alone again once the slow clients have gone.
 func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error) {
 	r := &runResult{mode: m, before: &latencies{}, with: &latencies{}, after: &latencies{}}
-	if err := waitQuiet(ctx, o.quiet); err != nil {
+	if err := proc.WaitQuiet(ctx, nodeCPU, o.quiet); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(os.Stderr, "%s: warming up...\n", m)
@@ -41,7 +41,7 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 		}
 	}
 	// The node returns what the warm-up freed to the OS once chats stop.
-	if err := sleep(ctx, 2*time.Second); err != nil {
+	if err := proc.Sleep(ctx, 2*time.Second); err != nil {
 		return nil, err
 	}
 	var err error
@@ -64,7 +64,7 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 	}()
 	fmt.Fprintf(os.Stderr, "%s: chats alone for %v...\n", m, o.settle)
 	ch.record.Store(r.before)
-	if err := sleep(ctx, o.settle); err != nil {
+	if err := proc.Sleep(ctx, o.settle); err != nil {
 		return nil, err
 	}
 	ch.record.Store(nil)
@@ -81,14 +81,14 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 	gap := o.ramp / time.Duration(o.clients)
 	for i := range o.clients {
 		if d := time.Until(start.Add(time.Duration(i) * gap)); d > 0 {
-			if err := sleep(ctx, d); err != nil {
+			if err := proc.Sleep(ctx, d); err != nil {
 				return nil, err
 			}
 		}
 		attacking.Go(func() { a.client(attackCtx) })
 	}
 	r.opening = time.Since(start)
-	if err := sleep(ctx, o.settle); err != nil {
+	if err := proc.Sleep(ctx, o.settle); err != nil {
 		return nil, err
 	}
 
@@ -113,7 +113,7 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 			}
 			r.held = r.heldGo.connections()
 		}
-		if err := sleep(ctx, min(100*time.Millisecond, time.Until(to))); err != nil {
+		if err := proc.Sleep(ctx, min(100*time.Millisecond, time.Until(to))); err != nil {
 			return nil, err
 		}
 	}
@@ -131,14 +131,14 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 	stopAttack()
 	attacking.Wait()
 	ch.record.Store(r.after)
-	if err := sleep(ctx, o.settle); err != nil {
+	if err := proc.Sleep(ctx, o.settle); err != nil {
 		return nil, err
 	}
 	ch.record.Store(nil)
 	stopChats()
 	chatting.Wait()
 	// Chats stopped: the node returns what the clients left free.
-	if err := sleep(ctx, 2*time.Second); err != nil {
+	if err := proc.Sleep(ctx, 2*time.Second); err != nil {
 		return nil, err
 	}
 	if r.afterRSS, err = proc.RSS(n.Pid); err != nil {
@@ -151,31 +151,4 @@ func measure(ctx context.Context, o options, n *node, m mode) (*runResult, error
 func chatRequest() []byte {
 	return fmt.Appendf(nil, "POST /v1/completion HTTP/1.1\r\nHost: node\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		len(chatBody), chatBody)
-}
-
-// waitQuiet waits, up to limit, for a second in which other processes use
-// less than a fifth of the node's CPU, so that the node is measured alone.
-func waitQuiet(ctx context.Context, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for said := false; ; {
-		b0, err := proc.CPUBusy(nodeCPU)
-		if err != nil {
-			return err
-		}
-		if err := sleep(ctx, time.Second); err != nil {
-			return err
-		}
-		b1, err := proc.CPUBusy(nodeCPU)
-		if err != nil {
-			return err
-		}
-		busy := b1 - b0
-		if busy < 200*time.Millisecond || time.Now().After(deadline) {
-			return nil
-		}
-		if !said {
-			fmt.Fprintf(os.Stderr, "CPU %s is %d%% busy with other processes; waiting up to %v for it to be quiet...\n", nodeCPU, busy.Milliseconds()/10, limit)
-			said = true
-		}
-	}
 }

@@ -64,7 +64,7 @@ func main() {
 	}
 	taskset, err := exec.LookPath("taskset")
 	if err == nil && os.Getenv(pinnedEnv) == "" && runtime.NumCPU() >= 2 {
-		fail(reexecPinned(taskset))
+		fail(proc.ReexecPinned(taskset, clientCPU, pinnedEnv))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
@@ -81,21 +81,10 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// reexecPinned replaces the process with itself under taskset, so that
-// every thread of the clients runs on clientCPU.
-func reexecPinned(taskset string) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	args := append([]string{"taskset", "-c", clientCPU, self}, os.Args[1:]...)
-	return fmt.Errorf("re-executing under taskset: %w", syscall.Exec(taskset, args, append(os.Environ(), pinnedEnv+"=1")))
-}
-
 func run(ctx context.Context, o options, taskset string) error {
 	// Each stream is a connection in each process; the node inherits the
 	// limit.
-	if err := raiseFileLimit(o.streams + 1024); err != nil {
+	if err := proc.RaiseFileLimit(o.streams+1024, fmt.Sprintf("%d streams (-streams)", o.streams)); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "troupe-streams")
@@ -152,20 +141,4 @@ func layoutYAML(o options, chunks int) string {
 	}
 	return fmt.Sprintf("version: 1\nllm:\n  class: benchclock\n  args: {chunks: %d, every: %q}\n  concurrency: %d\n  queue: 64\n%s",
 		chunks, o.every, o.streams+64, filters)
-}
-
-// raiseFileLimit makes room for the streams' connections.
-func raiseFileLimit(need int) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur >= uint64(need) {
-		return nil
-	}
-	if lim.Max < uint64(need) {
-		return fmt.Errorf("open files are limited to %d; %d streams need %d (raise ulimit -Hn, or lower -streams)", lim.Max, need-1024, need)
-	}
-	lim.Cur = uint64(need)
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }

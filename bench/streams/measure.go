@@ -27,7 +27,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 	host := strings.TrimPrefix(n.Base, "http://")
 	req := request(host)
 
-	if err := waitQuiet(ctx, o.quiet); err != nil {
+	if err := proc.WaitQuiet(ctx, nodeCPU, o.quiet); err != nil {
 		return err
 	}
 	// A first small wave makes what serving streams needs once (pools,
@@ -41,7 +41,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 		}
 		s.conn.Close()
 	}
-	if err := sleep(ctx, 2*time.Second); err != nil {
+	if err := proc.Sleep(ctx, 2*time.Second); err != nil {
 		return err
 	}
 	var err error
@@ -76,7 +76,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 	gap := o.ramp / time.Duration(o.streams)
 	for i := range o.streams {
 		if d := time.Until(start.Add(time.Duration(i) * gap)); d > 0 {
-			if err := sleep(ctx, d); err != nil {
+			if err := proc.Sleep(ctx, d); err != nil {
 				return err
 			}
 		}
@@ -102,7 +102,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 		return ctx.Err()
 	}
 	rep.opening = time.Since(start)
-	if err := sleep(ctx, o.settle); err != nil {
+	if err := proc.Sleep(ctx, o.settle); err != nil {
 		return err
 	}
 
@@ -135,7 +135,7 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 			}
 			rep.gcs = g.gcs - rep.gcs0
 		}
-		if err := sleep(ctx, min(100*time.Millisecond, time.Until(to))); err != nil {
+		if err := proc.Sleep(ctx, min(100*time.Millisecond, time.Until(to))); err != nil {
 			return err
 		}
 	}
@@ -156,42 +156,4 @@ func measure(ctx context.Context, o options, n *node, chunks int, rep *report) e
 	}
 	slices.Sort(rep.delays)
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// waitQuiet waits, up to limit, for a second in which other processes use
-// less than a fifth of the node's CPU, so that the node is measured alone.
-func waitQuiet(ctx context.Context, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for said := false; ; {
-		b0, err := proc.CPUBusy(nodeCPU)
-		if err != nil {
-			return err
-		}
-		if err := sleep(ctx, time.Second); err != nil {
-			return err
-		}
-		b1, err := proc.CPUBusy(nodeCPU)
-		if err != nil {
-			return err
-		}
-		busy := b1 - b0
-		if busy < 200*time.Millisecond || time.Now().After(deadline) {
-			return nil
-		}
-		if !said {
-			fmt.Fprintf(os.Stderr, "CPU %s is %d%% busy with other processes; waiting up to %v for it to be quiet...\n", nodeCPU, busy.Milliseconds()/10, limit)
-			said = true
-		}
-	}
 }
