@@ -64,7 +64,7 @@ func (c BreakerConfig) WithDefaults() BreakerConfig {
 		c.Cooldown = d.Cooldown
 	}
 	if c.MaxCooldown <= 0 {
-		c.MaxCooldown = max(d.MaxCooldown, c.Cooldown)
+		c.MaxCooldown = d.MaxCooldown
 	}
 	c.MaxCooldown = max(c.MaxCooldown, c.Cooldown)
 	return c
